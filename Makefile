@@ -1,0 +1,24 @@
+# Two commands on a fresh machine: `make demo` and `make test` (each sets up .venv/ itself).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export VLLM_TARGET_DEVICE := cpu
+
+.PHONY: venv test demo models clean-venv
+
+venv:
+	@bash scripts/bootstrap_venv.sh
+
+models: venv
+	$(VENV)/bin/specdec tiny-model --draft
+
+test: venv
+	$(PY) -m pytest -q tests
+
+demo: venv
+	$(PY) benchmarks/goodput_sim.py --latency-csv benchmarks/data/h100_llama8b_4layer_verify_latency.csv \
+	    --batch-col B --tokens-col N --latency-col graph_full_fa_ms --steps 2000 \
+	    --json benchmarks/results/demo_goodput_h100.json
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,57 @@
+"""The ``specdec`` console script: one entry, one subcommand per offline tool.
+
+Bad input is a one-line ``specdec: error: ...`` on stderr and exit code 2,
+never a traceback (argparse does the same for bad flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import UsageError
+
+
+def _add_tiny_model(sub) -> None:
+    p = sub.add_parser("tiny-model", help="build (or reuse) the project's tiny Llama target/draft models",
+                       description="Build or reuse the tiny Llama target (and with --draft a smaller draft "
+                                   "sharing its tokenizer). Prints the model folder as the last line.")
+    p.add_argument("--draft", action="store_true", help="also build the draft model; print its folder last")
+    p.add_argument("--out", help="root folder for models (default: $SPECDEC_HOME/models, "
+                                 "SPECDEC_HOME defaults to ~/.cache/specdec-engine)")
+    p.add_argument("--force", action="store_true", help="rebuild even if a verified build exists")
+
+    def run(args) -> int:
+        from . import tiny_model
+
+        return tiny_model.main(args)
+
+    p.set_defaults(func=run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specdec", description="specdec-engine offline tools")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_tiny_model(sub)
+    from . import cache_cli, tiles
+
+    tiles.add_parser(sub)
+    cache_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as err:
+        print(f"specdec: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("specdec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

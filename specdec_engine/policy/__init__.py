@@ -1,0 +1,17 @@
+"""Engine-agnostic TileSpec core: latency model, calibration, K selection, fallback.
+
+Nothing here imports an engine; adapters translate engine state into these
+calls (see ``specdec_engine.vllm`` and ``specdec_engine.sglang``).
+"""
+
+from .calibration import Calibration, CalibrationError
+from .fallback import FallbackConfig, FallbackController, SpecState
+from .latency_model import DEFAULT_JUMP_THRESHOLD, LatencyModel, LatencyModelError, Segments, fit_segments
+from .policy import PolicyStats, StepPlan, TileSpecPolicy
+from .selector import KSelector, RateTracker, Selection
+
+__all__ = [
+    "Calibration", "CalibrationError", "FallbackConfig", "FallbackController", "SpecState",
+    "DEFAULT_JUMP_THRESHOLD", "LatencyModel", "LatencyModelError", "Segments", "fit_segments",
+    "PolicyStats", "StepPlan", "TileSpecPolicy", "KSelector", "RateTracker", "Selection",
+]

@@ -1,0 +1,207 @@
+"""Draft confidence -> P(accept), monotone, learned online from the engine's own outcomes.
+
+A draft's raw confidence (EAGLE's cumulative path probability, or for prompt
+lookup a score from match length and the request's own history) ranks tokens
+well but is rarely a probability: drafters are over-confident, and ngram
+scores are not probabilities at all. The selector needs real probabilities to
+weigh expected tokens against milliseconds, so every score goes through this
+map.
+
+The map is a weighted isotonic regression (pool-adjacent-violators) over
+fixed score bins, seeded by a prior (pseudo-counts) and updated from observed
+(score, accepted) pairs. Bins keep memory flat however long the engine runs;
+isotonic keeps it monotone, so a non-increasing sequence of cumulative
+confidences stays non-increasing after calibration (the selector relies on
+that to take draft tokens in prefix order).
+
+Error is reported two ways: ``ece`` (expected calibration error of the map on
+the pairs it has seen, in-sample) and ``ece_prequential`` (each pair scored
+by the map *before* it learned from it: an honest out-of-sample number), with
+``ece_raw`` for the uncalibrated confidence as the baseline.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+
+CALIBRATION_FILE = "calibration.npz"
+
+
+class CalibrationError(ValueError):
+    """Bad calibration input (the message names it)."""
+
+
+def isotonic_increasing(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted pool-adjacent-violators: the non-decreasing fit closest in weighted L2."""
+    vals: list[float] = []
+    wts: list[float] = []
+    sizes: list[int] = []
+    for v, w in zip(values.tolist(), weights.tolist()):
+        vals.append(v)
+        wts.append(w)
+        sizes.append(1)
+        while len(vals) > 1 and vals[-2] > vals[-1]:
+            w2 = wts[-2] + wts[-1]
+            v2 = (vals[-2] * wts[-2] + vals[-1] * wts[-1]) / w2 if w2 > 0 else (vals[-2] + vals[-1]) / 2
+            s2 = sizes[-2] + sizes[-1]
+            del vals[-1], wts[-1], sizes[-1]
+            vals[-1], wts[-1], sizes[-1] = v2, w2, s2
+    return np.repeat(np.array(vals), sizes)
+
+
+def _ece(weights: np.ndarray, predicted: np.ndarray, observed: np.ndarray) -> float:
+    total = weights.sum()
+    if total <= 0:
+        return float("nan")
+    return float(np.sum(weights * np.abs(predicted - observed)) / total)
+
+
+class Calibration:
+    """Monotone map from a confidence score in [0, 1] to P(accept).
+
+    ``prior`` gives the prior P(accept) as a function of the score (default:
+    the score itself, i.e. trust the drafter until shown otherwise) and
+    ``prior_strength`` how many pseudo-observations per bin it is worth.
+    """
+
+    def __init__(self, n_bins: int = 20, prior: Callable[[np.ndarray], np.ndarray] | np.ndarray | None = None,
+                 prior_strength: float = 4.0):
+        if n_bins < 2:
+            raise CalibrationError(f"n_bins must be >= 2, got {n_bins}")
+        if prior_strength < 0:
+            raise CalibrationError(f"prior_strength must be >= 0, got {prior_strength}")
+        self.bin_edges = np.linspace(0.0, 1.0, n_bins + 1)
+        self.centers = (self.bin_edges[:-1] + self.bin_edges[1:]) / 2
+        if prior is None:
+            prior_p = self.centers.copy()
+        elif callable(prior):
+            prior_p = np.asarray(prior(self.centers), dtype=np.float64)
+        else:
+            prior_p = np.asarray(prior, dtype=np.float64)
+        if prior_p.shape != (n_bins,) or not np.all((prior_p >= 0) & (prior_p <= 1)):
+            raise CalibrationError("prior must give one probability in [0, 1] per bin")
+        self.prior_p = prior_p
+        self.prior_strength = float(prior_strength)
+        n = n_bins
+        self.counts = np.zeros(n)          # observed pairs per bin
+        self.accepted = np.zeros(n)        # accepted among them
+        self.score_sums = np.zeros(n)      # sum of raw scores (for ece_raw)
+        self.pred_sums = np.zeros(n)       # sum of predictions made before learning (prequential)
+        self.n_pairs = 0
+        self._p = None
+        self._refit()
+
+    # ------------------------------------------------------------------ fitting
+    def _refit(self) -> None:
+        w = self.counts + self.prior_strength
+        rate = (self.accepted + self.prior_strength * self.prior_p) / np.maximum(w, 1e-12)
+        self._p = np.clip(isotonic_increasing(rate, w), 0.0, 1.0)
+        self._dirty = False
+
+    def _bins(self, scores: np.ndarray) -> np.ndarray:
+        return np.clip(np.searchsorted(self.bin_edges, scores, side="right") - 1, 0, len(self.centers) - 1)
+
+    def update(self, scores, accepted) -> None:
+        """Learn from observed pairs: ``accepted[i]`` is 1 if the draft scored ``scores[i]`` was accepted."""
+        s = np.asarray(scores, dtype=np.float64).ravel()
+        a = np.asarray(accepted, dtype=np.float64).ravel()
+        if s.shape != a.shape:
+            raise CalibrationError(f"scores and outcomes differ in length ({s.size} vs {a.size})")
+        if s.size == 0:
+            return
+        if not np.all(np.isfinite(s)):
+            raise CalibrationError("scores must be finite")
+        s = np.clip(s, 0.0, 1.0)
+        pred = self(s)  # prequential: scored before learning
+        b = self._bins(s)
+        np.add.at(self.counts, b, 1.0)
+        np.add.at(self.accepted, b, a)
+        np.add.at(self.score_sums, b, s)
+        np.add.at(self.pred_sums, b, pred)
+        self.n_pairs += int(s.size)
+        self._dirty = True
+
+    def decay(self, factor: float) -> None:
+        """Forget: scale every observed count by ``factor`` (0..1), so old traffic weighs less."""
+        for arr in (self.counts, self.accepted, self.score_sums, self.pred_sums):
+            arr *= factor
+        self._dirty = True
+
+    # ------------------------------------------------------------------ use
+    @property
+    def p_accept(self) -> np.ndarray:
+        if self._dirty:
+            self._refit()
+        return self._p
+
+    def __call__(self, scores) -> np.ndarray:
+        """Calibrated P(accept) for each score (monotone, piecewise linear between bin centres)."""
+        return np.interp(np.asarray(scores, dtype=np.float64), self.centers, self.p_accept)
+
+    # ------------------------------------------------------------------ error
+    def _observed(self) -> tuple[np.ndarray, np.ndarray]:
+        seen = self.counts > 0
+        return seen, np.where(seen, self.accepted / np.maximum(self.counts, 1e-12), 0.0)
+
+    @property
+    def ece(self) -> float:
+        seen, obs = self._observed()
+        return _ece(self.counts[seen], self.p_accept[seen], obs[seen])
+
+    @property
+    def ece_raw(self) -> float:
+        seen, obs = self._observed()
+        mean_score = self.score_sums[seen] / self.counts[seen]
+        return _ece(self.counts[seen], mean_score, obs[seen])
+
+    @property
+    def ece_prequential(self) -> float:
+        seen, obs = self._observed()
+        mean_pred = self.pred_sums[seen] / self.counts[seen]
+        return _ece(self.counts[seen], mean_pred, obs[seen])
+
+    def summary(self) -> dict:
+        def r(x):
+            return None if not np.isfinite(x) else round(float(x), 5)
+        return {"n_pairs": int(self.n_pairs), "n_bins": int(len(self.centers)),
+                "ece": r(self.ece), "ece_raw": r(self.ece_raw), "ece_prequential": r(self.ece_prequential)}
+
+    # ------------------------------------------------------------------ persistence
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "bin_edges": self.bin_edges, "scores": self.centers, "p_accept": self.p_accept,
+            "prior_p": self.prior_p, "prior_strength": np.array(self.prior_strength),
+            "counts": self.counts, "accepted": self.accepted, "score_sums": self.score_sums,
+            "pred_sums": self.pred_sums, "n_pairs": np.array(self.n_pairs),
+            "ece": np.array(self.ece), "ece_raw": np.array(self.ece_raw),
+        }
+
+    @classmethod
+    def from_arrays(cls, z) -> "Calibration":
+        edges = np.asarray(z["bin_edges"], np.float64)
+        n = len(edges) - 1
+        cal = cls(n_bins=n, prior=np.asarray(z["prior_p"], np.float64), prior_strength=float(z["prior_strength"]))
+        if not np.allclose(edges, cal.bin_edges):
+            raise CalibrationError("calibration bin edges are not uniform on [0, 1]")
+        for name in ("counts", "accepted", "score_sums", "pred_sums"):
+            arr = np.asarray(z[name], np.float64)
+            if arr.shape != (n,) or not np.all(np.isfinite(arr)) or (arr < 0).any():
+                raise CalibrationError(f"calibration field {name!r} is malformed")
+            setattr(cal, name, arr.copy())
+        if (cal.accepted > cal.counts + 1e-9).any():
+            raise CalibrationError("calibration has more accepted than observed pairs")
+        cal.n_pairs = int(z["n_pairs"])
+        cal._dirty = True
+        return cal
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "wb") as f:
+            np.savez(f, **self.to_arrays())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Calibration":
+        with np.load(path, allow_pickle=False) as z:
+            return cls.from_arrays({k: z[k] for k in z.files})

@@ -1,0 +1,246 @@
+"""Per-request draft length K for one step, maximising expected tokens per millisecond.
+
+Every candidate draft token (request r, position i) carries the calibrated
+probability that the first i+1 drafts of r are all accepted. Verifying it adds
+that probability to the expected output of the step; verifying n candidates
+in total makes the step cost L(B, base + n) from the measured latency model.
+Because a prefix probability never increases along a request's drafts,
+taking the n most probable candidates always takes each request's drafts in
+order, so the best plan for a total n is simply the top n of one ranking.
+The selector evaluates *every* feasible total n (not only multiples of a
+common K) and keeps the one with the highest
+
+    (B + expected accepted) / (L(B + extra_seqs, extra_tokens + B + n) + drafter cost)
+
+so when the latency table has a jump (a cuBLAS tile or wave boundary) it
+stops on the cheap side of it, and requests whose drafts are unlikely to be
+accepted get K=0 while confident ones get long drafts in the same step.
+
+What is maximised over time is the long-run rate (all tokens / all time),
+and a per-step ratio is not that: given the rate the engine sustains at this
+batch size (:class:`RateTracker`), each step maximises
+``E[tokens] - rate * time`` instead (Dinkelbach), which spends more on steps
+whose drafts are unusually promising and less on the others.
+
+Cost: one stable argsort of B*K_max values and a few vector ops; see
+``benchmarks/selector_cost.py`` (under 100 microseconds for B=256, K_max=8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .latency_model import LatencyModel
+
+
+@dataclass(frozen=True)
+class Selection:
+    k: np.ndarray                 # int64 [B]: draft tokens to verify per request
+    num_tokens: int               # tokens in the verify forward (extra + B + sum(k))
+    expected_tokens: float        # expected output tokens of the step (B + expected accepted)
+    predicted_ms: float           # predicted step time (verify + drafter)
+    goodput: float                # expected tokens per ms with this plan
+    baseline_goodput: float       # expected tokens per ms with K=0 for every request
+
+    @property
+    def gain(self) -> float:
+        """Predicted goodput of this plan relative to no speculation (1.0 = equal)."""
+        return self.goodput / self.baseline_goodput if self.baseline_goodput > 0 else 1.0
+
+
+RANK_LEVELS = 65533  # ranking resolution: probabilities closer than 1/65533 rank by request order
+
+
+def rank_keys(flat_cum_p: np.ndarray) -> np.ndarray:
+    """Integer sort keys: 1 + round((1 - p) * RANK_LEVELS) in float32, 65535 for missing drafts.
+
+    Ranking on 16-bit keys lets numpy use a radix sort (3x faster than a
+    float sort at B*K=2048) and gives the GPU selector (``specdec_kernels``)
+    a definition it can reproduce bit for bit: ties break by flat index,
+    i.e. request-major, position-minor, which keeps each request's drafts in
+    prefix order. Key 0 is reserved for forced (exploration) drafts.
+    """
+    p32 = flat_cum_p.astype(np.float32)
+    key = np.rint((np.float32(1.0) - np.clip(p32, 0.0, 1.0)) * np.float32(RANK_LEVELS)).astype(np.uint16) + 1
+    key[p32 < 0] = 65535
+    return key
+
+
+class KSelector:
+    """Chooses K per request from calibrated prefix probabilities and a latency model.
+
+    ``draft_cost_ms`` is either one number (the drafter's cost for a step
+    that speculates at all) or a sequence of ``k_max + 1`` numbers (the cost
+    when the longest draft in the batch is k: a chain drafter such as EAGLE
+    runs that many sequential steps). ``token_padding`` lists the token
+    counts the engine pads a forward to (CUDA-graph capture sizes); the
+    latency is then looked up at the padded count.
+    """
+
+    def __init__(self, latency: LatencyModel, k_max: int,
+                 draft_cost_ms: float | Sequence[float] = 0.0,
+                 token_padding: Sequence[int] | None = None,
+                 min_gain: float = 0.0):
+        if k_max < 1:
+            raise ValueError(f"k_max must be >= 1, got {k_max}")
+        self.latency = latency
+        self.k_max = int(k_max)
+        cost = np.atleast_1d(np.asarray(draft_cost_ms, dtype=np.float64))
+        if cost.size == 1:
+            self._cost_by_k = None
+            self._cost = float(cost[0])
+        elif cost.size == k_max + 1:
+            self._cost_by_k = cost.copy()
+            self._cost_by_k[0] = 0.0
+            self._cost = 0.0
+        else:
+            raise ValueError(f"draft_cost_ms must be one number or k_max+1={k_max + 1} numbers, got {cost.size}")
+        if (cost < 0).any():
+            raise ValueError("draft_cost_ms must be >= 0")
+        self._padding = None if not token_padding else np.array(sorted(set(int(t) for t in token_padding)))
+        self.min_gain = float(min_gain)
+
+    def _latency(self, seqs: int, tokens: np.ndarray) -> np.ndarray:
+        if self._padding is not None:
+            idx = np.searchsorted(self._padding, tokens)
+            tokens = np.where(idx < len(self._padding), self._padding[np.minimum(idx, len(self._padding) - 1)], tokens)
+        cur = self.latency.curve(seqs, int(tokens[-1]) if self._padding is None else int(tokens.max()))
+        return cur[tokens]
+
+    def select(self, cum_p: np.ndarray, n_avail: np.ndarray | None = None,
+               extra_tokens: int = 0, extra_seqs: int = 0, force_rows: np.ndarray | None = None,
+               rate: float | None = None) -> Selection:
+        """Choose K for each of the B decode requests in ``cum_p`` [B, k_max].
+
+        ``cum_p[r, i]``: calibrated P(drafts 0..i of request r all accepted);
+        NaN or negative marks a draft that does not exist. ``n_avail[r]``
+        caps request r's drafts (e.g. near its max_tokens). ``extra_tokens``
+        and ``extra_seqs`` are the prefill chunks sharing the forward.
+        ``force_rows`` (bool [B]) forces the first draft of those requests
+        where it exists (exploration while the fallback probes).
+
+        ``rate`` (tokens per ms): the goodput this engine sustains at this
+        batch size over time. Given it, the plan maximises
+        ``E[tokens] - rate * time`` instead of the step's own ratio: the
+        long-run rate (sum of tokens / sum of time) is maximised by the
+        Dinkelbach objective, not by maximising each step's ratio. It spends
+        more on steps whose drafts are unusually promising and less on the
+        others. Without it, the step's own goodput is maximised.
+        """
+        c = np.asarray(cum_p, dtype=np.float64)
+        if c.ndim != 2 or c.shape[1] > self.k_max:
+            raise ValueError(f"cum_p must be [B, <= k_max={self.k_max}], got shape {c.shape}")
+        B, K = c.shape
+        base = int(extra_tokens) + B
+        seqs = B + int(extra_seqs)
+        if B == 0:
+            lat = float(self._latency(max(seqs, 1), np.array([max(base, 1)]))[0])
+            return Selection(np.zeros(0, np.int64), base, 0.0, lat, 0.0, 0.0)
+        c = np.where(np.isnan(c), -1.0, c)
+        for i in range(1, K):  # prefix probabilities never increase along a request's drafts
+            np.minimum(c[:, i], c[:, i - 1], out=c[:, i])
+        if n_avail is not None:
+            c[np.arange(K)[None, :] >= np.asarray(n_avail)[:, None]] = -1.0
+        flat = c.ravel()
+        key = rank_keys(flat)
+        n_forced = 0
+        if force_rows is not None and np.any(force_rows):
+            forced = np.zeros_like(c, dtype=bool)
+            forced[:, 0] = np.asarray(force_rows, dtype=bool) & (c[:, 0] >= 0)
+            forced = forced.ravel()
+            key[forced] = 0
+            n_forced = int(forced.sum())
+        m = int((flat >= 0).sum())
+        order = np.argsort(key, kind="stable")[:m]
+        probs = flat[order]
+        expected = np.empty(m + 1)
+        expected[0] = B
+        np.cumsum(probs, out=expected[1:])
+        expected[1:] += B
+        tokens = base + np.arange(m + 1)
+        lat = self._latency(seqs, tokens)
+        if self._cost_by_k is None:
+            total = lat.copy()
+            total[1:] += self._cost
+            best = n_forced + int(np.argmax(self._score(expected[n_forced:], total[n_forced:], rate)))
+            best = self._veto_small_gain(best, n_forced, expected, total)
+            k = np.bincount(order[:best] // K, minlength=B).astype(np.int64)
+            return Selection(k, int(tokens[best]), float(expected[best]), float(total[best]),
+                             float(expected[best] / total[best]), float(expected[0] / total[0]))
+        return self._select_by_kmax(order, probs, K, B, tokens, lat, n_forced, rate)
+
+    @staticmethod
+    def _score(expected: np.ndarray, total_ms: np.ndarray, rate: float | None) -> np.ndarray:
+        """Per-step goodput, or with a long-run ``rate`` the Dinkelbach objective E - rate * T."""
+        return expected / total_ms if rate is None else expected - rate * total_ms
+
+    def _veto_small_gain(self, best: int, n_forced: int, expected: np.ndarray, total: np.ndarray) -> int:
+        if self.min_gain > 0 and best > n_forced and \
+                expected[best] / total[best] < expected[n_forced] / total[n_forced] * (1.0 + self.min_gain):
+            return n_forced
+        return best
+
+    def _select_by_kmax(self, order, probs, K, B, tokens, lat, n_forced, rate) -> Selection:
+        """Drafter cost depends on the longest draft: evaluate every cap on the longest K.
+
+        For a cap kmax only candidates at positions < kmax count; they keep
+        the global ranking's order, so each cap is one cumulative sum.
+        """
+        pos = order % K
+        good0 = B / float(lat[0])
+        # (score, kmax, candidates taken from the ranking, ms, expected tokens); kmax 0 = no speculation
+        best = None
+        if n_forced == 0:
+            best = (float(self._score(np.array([float(B)]), lat[:1], rate)[0]), 0, 0, float(lat[0]), float(B))
+        for kmax in range(1, K + 1):
+            idx = np.flatnonzero(pos < kmax)
+            if idx.size < max(n_forced, 1):
+                continue
+            exp_k = B + np.cumsum(probs[idx])
+            tot = lat[1:idx.size + 1] + self._cost_by_k[kmax]
+            score = self._score(exp_k, tot, rate)
+            lo = max(n_forced - 1, 0)
+            j = lo + int(np.argmax(score[lo:]))
+            if best is None or score[j] > best[0]:
+                best = (float(score[j]), kmax, int(idx[j]) + 1, float(tot[j]), float(exp_k[j]))
+        _, kmax, upto, ms, exp = best
+        if kmax == 0 or (self.min_gain > 0 and n_forced == 0 and exp / ms < good0 * (1.0 + self.min_gain)):
+            return Selection(np.zeros(B, np.int64), int(tokens[0]), float(B), float(lat[0]), good0, good0)
+        chosen = order[:upto][pos[:upto] < kmax]
+        k = np.bincount(chosen // K, minlength=B).astype(np.int64)
+        return Selection(k, int(tokens[0] + len(chosen)), exp, ms, exp / ms, good0)
+
+
+class RateTracker:
+    """The goodput (tokens per ms) the engine sustains per batch size, for the Dinkelbach objective.
+
+    An exponentially weighted ratio of sums over the plans chosen at each
+    batch size (predicted expected tokens / predicted time), forgetting with
+    ``decay`` per step so that it follows a drifting workload.
+    """
+
+    def __init__(self, decay: float = 0.02, max_keys: int = 4096):
+        if not 0 < decay <= 1:
+            raise ValueError(f"decay must be in (0, 1], got {decay}")
+        self.decay = decay
+        self.max_keys = max_keys
+        self._sums: dict[int, list[float]] = {}
+
+    def rate(self, batch: int) -> float | None:
+        s = self._sums.get(int(batch))
+        return s[0] / s[1] if s and s[1] > 0 else None
+
+    def update(self, batch: int, sel: Selection) -> None:
+        key = int(batch)
+        s = self._sums.get(key)
+        if s is None:
+            if len(self._sums) >= self.max_keys:
+                self._sums.pop(next(iter(self._sums)))
+            self._sums[key] = [sel.expected_tokens, sel.predicted_ms]
+            return
+        keep = 1.0 - self.decay
+        s[0] = s[0] * keep + sel.expected_tokens
+        s[1] = s[1] * keep + sel.predicted_ms

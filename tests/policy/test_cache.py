@@ -1,0 +1,98 @@
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from specdec_engine.cache import CacheKey, ProfileCache
+from specdec_engine.policy import Calibration
+
+KEY = CacheKey(model="meta-llama/Llama-3.1-8B", gpu="NVIDIA H100 80GB HBM3", tp=1, dtype="bfloat16",
+               engine="vllm", engine_version="0.32.0")
+
+
+def _cal():
+    cal = Calibration()
+    rng = np.random.default_rng(0)
+    s = rng.random(500)
+    cal.update(s, rng.random(500) < s ** 2)
+    return cal
+
+
+def test_roundtrip_with_meta_and_plots(tmp_path, h100_model):
+    cache = ProfileCache(tmp_path)
+    d = cache.save(KEY, h100_model, _cal(), extra_meta={"grid": {"batch_sizes": [1, 2]}})
+    assert d.name == "meta-llama--Llama-3.1-8B_NVIDIA-H100-80GB-HBM3_tp1"
+    for f in ("latency_model.npz", "calibration.npz", "meta.json", "plots/latency_model.png",
+              "plots/calibration.png", "plots/token_distribution.png"):
+        assert (d / f).is_file(), f
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["key"]["engine_version"] == "0.32.0" and meta["grid"] == {"batch_sizes": [1, 2]}
+    assert set(meta["files"]) == {"latency_model.npz", "calibration.npz"}
+    assert meta["calibration"]["ece"] is not None
+    entry = cache.load(KEY)
+    assert entry.latency.predict(16, 64) == pytest.approx(h100_model.predict(16, 64))
+    assert entry.calibration.n_pairs == 500
+    assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
+    assert cache.validate_dir(d) == []
+
+
+def test_corrupt_latency_model_is_moved_aside(tmp_path, h100_model, caplog):
+    cache = ProfileCache(tmp_path)
+    d = cache.save(KEY, h100_model, plots=False)
+    (d / "latency_model.npz").write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING):
+        assert cache.load(KEY) is None
+    assert "moved aside" in caplog.text
+    assert not d.exists() and any(".corrupt-" in p.name for p in tmp_path.iterdir())
+    assert cache.save(KEY, h100_model, plots=False) == d  # re-profiled result writes cleanly
+
+
+def test_corrupt_calibration_alone_is_moved_aside_and_latency_kept(tmp_path, h100_model):
+    cache = ProfileCache(tmp_path)
+    d = cache.save(KEY, h100_model, _cal(), plots=False)
+    (d / "calibration.npz").write_bytes(b"\x00" * 50)
+    entry = cache.load(KEY)
+    assert entry is not None and entry.latency is not None and entry.calibration is None
+    assert any(p.name.startswith("calibration.npz.corrupt-") for p in d.iterdir())
+
+
+def test_half_written_cache_is_never_loaded(tmp_path, h100_model):
+    cache = ProfileCache(tmp_path)
+    d = cache.save(KEY, h100_model, plots=False)
+    (d / "meta.json").unlink()  # killed before meta.json was written
+    assert cache.load(KEY) is None
+
+
+def test_stale_cache_for_another_engine_version_is_not_used(tmp_path, h100_model):
+    cache = ProfileCache(tmp_path)
+    cache.save(KEY, h100_model, plots=False)
+    newer = CacheKey(**{**KEY.identity(), "engine_version": "0.33.0"})
+    assert cache.load(newer) is None
+
+
+def test_unwritable_root_degrades_to_memory(tmp_path, h100_model, caplog):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    cache = ProfileCache(blocker / "cache")
+    with caplog.at_level(logging.WARNING):
+        assert cache.save(KEY, h100_model) is None
+        assert cache.save(KEY, h100_model) is None
+    assert caplog.text.count("not writable") == 1 and not cache.writable
+
+
+@pytest.mark.parametrize("model", ["../../../etc/passwd", "/abs/path/../../x", "..", "a/../../b", "~root"])
+def test_no_model_name_escapes_the_root(tmp_path, model, h100_model):
+    cache = ProfileCache(tmp_path / "c")
+    key = CacheKey(model=model, gpu="../gpu", tp=1)
+    p = cache.path_for(key)
+    assert p.parent == (tmp_path / "c").resolve()
+    cache.save(key, h100_model, plots=False)
+    assert sorted(os.listdir(tmp_path)) == ["c"]
+
+
+def test_local_model_paths_do_not_collide(tmp_path):
+    a = CacheKey(model=str(tmp_path / "one" / "model"), gpu="cpu")
+    b = CacheKey(model=str(tmp_path / "two" / "model"), gpu="cpu")
+    assert a.dirname != b.dirname and a.dirname.startswith("model-")

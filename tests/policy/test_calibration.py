@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from specdec_engine.policy import Calibration, CalibrationError
+
+
+def _pairs(n, seed=0):
+    rng = np.random.default_rng(seed)
+    score = rng.random(n)
+    p_true = score ** 2.5  # an over-confident drafter
+    return score, (rng.random(n) < p_true).astype(float), p_true
+
+
+def test_learns_an_overconfident_drafter_and_beats_raw_confidence():
+    cal = Calibration()
+    s, a, _ = _pairs(20000)
+    for i in range(0, len(s), 500):  # online, in chunks, like engine steps
+        cal.update(s[i:i + 500], a[i:i + 500])
+    xs = np.linspace(0.05, 0.95, 10)
+    np.testing.assert_allclose(cal(xs), xs ** 2.5, atol=0.05)
+    summ = cal.summary()
+    assert summ["ece"] < 0.02
+    assert summ["ece_prequential"] < summ["ece_raw"] / 3  # honest out-of-sample error, much better than raw
+
+
+def test_is_monotone_even_on_adversarial_data():
+    cal = Calibration(n_bins=10)
+    rng = np.random.default_rng(1)
+    s = rng.random(5000)
+    a = (rng.random(5000) < 0.5 + 0.4 * np.sin(12 * s)).astype(float)  # wiggly truth
+    cal.update(s, a)
+    assert np.all(np.diff(cal.p_accept) >= -1e-12)
+    out = cal(np.linspace(1, 0, 50))  # a non-increasing sequence stays non-increasing
+    assert np.all(np.diff(out) <= 1e-12)
+
+
+def test_prior_governs_until_data_arrives():
+    cal = Calibration(prior=lambda c: np.full_like(c, 0.3), prior_strength=10)
+    np.testing.assert_allclose(cal([0.1, 0.9]), [0.3, 0.3])
+    cal.update(np.full(1000, 0.9), np.ones(1000))
+    assert cal([0.95])[0] > 0.95
+
+
+def test_save_load_roundtrip(tmp_path):
+    cal = Calibration()
+    s, a, _ = _pairs(3000, seed=3)
+    cal.update(s, a)
+    p = tmp_path / "calibration.npz"
+    cal.save(p)
+    cal2 = Calibration.load(p)
+    np.testing.assert_allclose(cal2(np.linspace(0, 1, 33)), cal(np.linspace(0, 1, 33)))
+    assert cal2.summary() == cal.summary()
+    with np.load(p) as z:
+        for field in ("bin_edges", "scores", "p_accept", "ece"):  # the DESIGN's cache fields
+            assert field in z.files
+
+
+def test_bad_input_is_named(tmp_path):
+    cal = Calibration()
+    with pytest.raises(CalibrationError, match="differ in length"):
+        cal.update([0.1, 0.2], [1])
+    with pytest.raises(CalibrationError, match="finite"):
+        cal.update([float("nan")], [1])
+    p = tmp_path / "bad.npz"
+    arrs = cal.to_arrays()
+    arrs["accepted"] = arrs["counts"] + 5
+    np.savez(p, **arrs)
+    with pytest.raises(CalibrationError, match="more accepted"):
+        Calibration.load(p)
