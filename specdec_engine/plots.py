@@ -34,9 +34,13 @@ def plot_latency_model(model: LatencyModel, out: str | Path, title: str | None =
     med = np.array([np.median(model.latencies_ms[n == u]) for u in uniq])
     ax.plot(uniq, med, "o-", color="tab:blue", ms=3, lw=1.2, label="median per token count", zorder=3)
     grid = np.linspace(uniq.min(), uniq.max(), 600)
+    # the segments are fitted with attention's per-sequence cost removed (as if B=1); draw them with that
+    # cost added back at the median batch size measured at each token count, comparable with the medians
+    med_b = np.array([np.median(model.batch_sizes[n == u]) for u in uniq])
+    fitted = model.segments(grid) + model.batch_slope * (np.interp(grid, uniq, med_b) - 1)
     seg_label = "fitted segments" if model.batch_slope == 0 else \
-        f"fitted segments (at B=1: {model.batch_slope * 1000:.2f} us/sequence removed)"
-    ax.plot(grid, model.segments(grid), "--", color="black", lw=1.2, label=seg_label, zorder=4)
+        f"fitted segments (+{model.batch_slope * 1000:.1f} us per sequence at the median B)"
+    ax.plot(grid, fitted, "--", color="black", lw=1.2, label=seg_label, zorder=4)
     for i, b in enumerate(model.segments.jump_boundaries):
         ax.axvline(b, color="red", ls=":", lw=1.2, label="tile boundary" if i == 0 else None, zorder=2)
     batches = sorted({int(b) for b in model.batch_sizes})

@@ -5,12 +5,14 @@ calls (see ``specdec_engine.vllm`` and ``specdec_engine.sglang``).
 """
 
 from .calibration import Calibration, CalibrationError
+from .history import AcceptanceHistory
 from .fallback import FallbackConfig, FallbackController, SpecState
 from .latency_model import DEFAULT_JUMP_THRESHOLD, LatencyModel, LatencyModelError, Segments, fit_segments
 from .policy import PolicyStats, StepPlan, TileSpecPolicy
 from .selector import KSelector, RateTracker, Selection
 
 __all__ = [
+    "AcceptanceHistory",
     "Calibration", "CalibrationError", "FallbackConfig", "FallbackController", "SpecState",
     "DEFAULT_JUMP_THRESHOLD", "LatencyModel", "LatencyModelError", "Segments", "fit_segments",
     "PolicyStats", "StepPlan", "TileSpecPolicy", "KSelector", "RateTracker", "Selection",

@@ -65,7 +65,8 @@ class PolicyStats:
 class TileSpecPolicy:
     def __init__(self, latency: LatencyModel, k_max: int, calibration: Calibration | None = None,
                  fallback: FallbackConfig | None = None, draft_cost_ms: float | list[float] = 0.0,
-                 token_padding: list[int] | None = None, min_gain: float = 0.0):
+                 token_padding: list[int] | None = None, min_gain: float = 0.0,
+                 learn_overhead: bool = False, overhead_decay: float = 0.05):
         self.k_max = int(k_max)
         self.latency = latency
         self.calibration = calibration or Calibration()
@@ -73,6 +74,9 @@ class TileSpecPolicy:
                                   token_padding=token_padding, min_gain=min_gain)
         self.fallback = FallbackController(fallback or FallbackConfig())
         self.rates = RateTracker()
+        self.learn_overhead = learn_overhead
+        self._overhead_decay = overhead_decay
+        self._overhead_n = 0
         self.stats = PolicyStats(self.k_max)
         self._last_gain: float | None = None
         self._last_predicted_ms: float | None = None
@@ -89,9 +93,11 @@ class TileSpecPolicy:
         state = self.fallback.state
         self.stats.steps += 1
         self._last_predicted_ms = None
-        if B == 0:
-            self._last_gain = None
+        if B == 0:  # decode requests, but no drafts: nothing to verify, no gain this step
+            self._last_gain = 1.0
+            self.stats.steps_spec_off += 1
             return StepPlan(np.zeros(0, np.int64), state, None)
+        self._last_predicted_ms = self.selector.verify_ms(B + extra_seqs, extra_tokens + B)
         cal = np.where(np.isnan(raw), np.nan, self.calibration(np.nan_to_num(raw)))
         if not self.fallback.speculate:
             # shadow plan: nothing is verified, but the predicted gain lets the fallback resume
@@ -158,13 +164,27 @@ class TileSpecPolicy:
             for i, c in enumerate(per_pos.tolist()[: self.k_max]):
                 s.accepted_per_pos[i] += c
         self.fallback.observe(self._last_gain, int((k > 0).sum()), int((acc > 0).sum()))
+        self._last_gain = None
 
     def observe_step_time(self, measured_ms: float) -> None:
-        """The engine's measured time of the last planned step (compared with the prediction)."""
-        if self._last_predicted_ms is not None and measured_ms > 0:
-            self.stats.timed_steps += 1
-            self.stats.timed_predicted_ms += self._last_predicted_ms
-            self.stats.timed_measured_ms += float(measured_ms)
+        """The engine's measured time of the last planned step (compared with the prediction).
+
+        With ``learn_overhead`` the difference (measured - predicted forward)
+        is tracked as the engine's per-step overhead and added to every
+        plan's predicted time from then on.
+        """
+        if self._last_predicted_ms is None or measured_ms <= 0:
+            return
+        self.stats.timed_steps += 1
+        self.stats.timed_predicted_ms += self._last_predicted_ms
+        self.stats.timed_measured_ms += float(measured_ms)
+        if self.learn_overhead:
+            forward = self._last_predicted_ms - self.selector.overhead_ms
+            resid = max(0.0, float(measured_ms) - forward)
+            self._overhead_n += 1
+            w = max(self._overhead_decay, 1.0 / self._overhead_n)
+            self.selector.overhead_ms += w * (resid - self.selector.overhead_ms)
+        self._last_predicted_ms = None
 
     def take_stats(self) -> PolicyStats:
         """Return the counters accumulated since the last call (with current gauges) and start new ones."""

@@ -102,13 +102,22 @@ class KSelector:
             raise ValueError("draft_cost_ms must be >= 0")
         self._padding = None if not token_padding else np.array(sorted(set(int(t) for t in token_padding)))
         self.min_gain = float(min_gain)
+        # per-step cost outside the verify forward (scheduling, sampling, drafting, IPC), learned online
+        # by the policy from measured step times; it makes every plan's time longer by the same amount,
+        # which makes verifying extra tokens relatively cheaper when it is large.
+        self.overhead_ms = 0.0
 
     def _latency(self, seqs: int, tokens: np.ndarray) -> np.ndarray:
         if self._padding is not None:
             idx = np.searchsorted(self._padding, tokens)
             tokens = np.where(idx < len(self._padding), self._padding[np.minimum(idx, len(self._padding) - 1)], tokens)
         cur = self.latency.curve(seqs, int(tokens[-1]) if self._padding is None else int(tokens.max()))
-        return cur[tokens]
+        out = cur[tokens]
+        return out + self.overhead_ms if self.overhead_ms else out
+
+    def verify_ms(self, seqs: int, tokens: int) -> float:
+        """Predicted time of a step of ``tokens`` tokens over ``seqs`` sequences (overhead included)."""
+        return float(self._latency(max(int(seqs), 1), np.array([max(int(tokens), 1)]))[0])
 
     def select(self, cum_p: np.ndarray, n_avail: np.ndarray | None = None,
                extra_tokens: int = 0, extra_seqs: int = 0, force_rows: np.ndarray | None = None,

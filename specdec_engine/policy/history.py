@@ -1,0 +1,82 @@
+"""Confidence for drafters that give none (prompt lookup): each request's own acceptance history.
+
+An n-gram drafter returns token ids and nothing else. What predicts whether
+its next draft is right is mostly *which request* it is: a request that
+edits code it was shown keeps matching its prompt, open generation rarely
+does. So each request carries a Beta posterior over its per-token
+conditional acceptance, starting from the engine-wide rate (a prior worth
+``prior_strength`` observations) and updated from every verified draft and
+from free "shadow" observations (a draft that was not verified, compared
+with the token the target then produced). Older evidence decays
+(``decay`` per observation) so a request that changes phase is followed.
+
+The raw confidence of draft i (0-based) is ``alpha_hat ** (i + 1)``: the
+probability that drafts 0..i are all right if each is right with the
+request's rate. It is a *score*, not a probability: the calibration map
+(:class:`~specdec_engine.policy.calibration.Calibration`) learns what it is
+worth, including how acceptance really falls with depth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class _Posterior:
+    hits: float = 0.0
+    misses: float = 0.0
+
+
+class AcceptanceHistory:
+    def __init__(self, prior_rate: float = 0.5, prior_strength: float = 2.0, decay: float = 0.95,
+                 global_decay: float = 0.999):
+        if not 0 < prior_rate < 1 or prior_strength <= 0 or not 0 < decay <= 1:
+            raise ValueError("AcceptanceHistory: prior_rate in (0,1), prior_strength > 0, decay in (0,1]")
+        self.prior_strength = prior_strength
+        self.decay = decay
+        self.global_decay = global_decay
+        self._g_hits = prior_rate * 10.0
+        self._g_obs = 10.0
+        self._reqs: dict[str, _Posterior] = {}
+
+    @property
+    def global_rate(self) -> float:
+        return self._g_hits / self._g_obs
+
+    def rate(self, req_id: str) -> float:
+        p = self._reqs.get(req_id)
+        g = self.global_rate
+        if p is None:
+            return g
+        a = self.prior_strength * g + p.hits
+        return a / (self.prior_strength + p.hits + p.misses)
+
+    def observe(self, req_id: str, hits: int, misses: int) -> None:
+        """``hits`` drafts accepted in a row, then ``misses`` (0 or 1) rejected: one verification."""
+        if hits == 0 and misses == 0:
+            return
+        p = self._reqs.setdefault(req_id, _Posterior())
+        n = hits + misses
+        keep = self.decay ** n
+        p.hits = p.hits * keep + hits
+        p.misses = p.misses * keep + misses
+        gk = self.global_decay ** n
+        self._g_hits = self._g_hits * gk + hits
+        self._g_obs = self._g_obs * gk + n
+
+    def forget(self, req_id: str) -> None:
+        self._reqs.pop(req_id, None)
+
+    def scores(self, req_ids: list[str], k_max: int, n_avail: np.ndarray) -> np.ndarray:
+        """Raw cumulative confidence [len(req_ids), k_max]; NaN past each request's drafts."""
+        rates = np.array([self.rate(r) for r in req_ids], dtype=np.float64)
+        depth = np.arange(1, k_max + 1, dtype=np.float64)
+        out = rates[:, None] ** depth[None, :]
+        out[np.arange(k_max)[None, :] >= np.asarray(n_avail)[:, None]] = np.nan
+        return out
+
+    def __len__(self) -> int:
+        return len(self._reqs)

@@ -1,0 +1,219 @@
+"""Every vLLM internal tilespec touches, in one place, each checked before use.
+
+Usage::
+
+    from specdec_engine.vllm import compat
+    problems = compat.check()          # [] on a supported vLLM
+    compat.require()                   # raises UnsupportedVLLM naming the version and what is missing
+    compat.install_patch("create_speculative_config", wrapper_factory)
+
+Each :class:`Touch` names its target by dotted path, says how it is used
+(``WRAP``: a method replaced by a wrapper that calls the original;
+``SUBCLASS``: a class we derive from; ``EXTEND``: a field we add; ``CALL``: a
+private method we call; ``WRITE``: a field we assign) and why. ``check()``
+resolves every target and its signature; a failure names the unsupported
+vLLM version instead of an AttributeError deep inside an engine process.
+Patches are recorded (who patched what), applied at most once per process,
+and never applied twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+logger = logging.getLogger("specdec_engine.vllm")
+
+SUPPORTED = ">=0.30,<0.34"
+STATS_FIELD = "specdec_stats"
+
+
+class UnsupportedVLLM(RuntimeError):
+    """This vLLM lacks something tilespec needs; the message names the version and the symbol."""
+
+
+@dataclass(frozen=True)
+class Touch:
+    name: str
+    target: str            # "module:Qualname[.attr]"
+    kind: str              # WRAP | SUBCLASS | EXTEND | CALL | WRITE
+    why: str
+    params: tuple = ()     # parameter names the target's signature must have (callables)
+
+
+TOUCHES: tuple[Touch, ...] = (
+    Touch("create_speculative_config", "vllm.engine.arg_utils:EngineArgs.create_speculative_config", "WRAP",
+          "rewrite method 'tilespec' into its base drafter, validate our keys, select our scheduler",
+          ("target_model_config", "target_parallel_config")),
+    Touch("speculative_config_fields", "vllm.config.speculative:SpeculativeConfig", "CALL",
+          "the set of vLLM's own speculative-config keys, which pass through untouched"),
+    Touch("scheduler", "vllm.v1.core.sched.scheduler:Scheduler", "SUBCLASS",
+          "TileSpecScheduler: trims each request's drafts to its K, learns from accept counts"),
+    Touch("scheduler.schedule", "vllm.v1.core.sched.scheduler:Scheduler.schedule", "WRAP",
+          "choose K per request before vLLM schedules the step"),
+    Touch("scheduler.update_from_output", "vllm.v1.core.sched.scheduler:Scheduler.update_from_output", "WRAP",
+          "accepted drafts per request (len(sampled) - 1) and the measured step time",
+          ("scheduler_output", "model_runner_output")),
+    Touch("scheduler.update_draft_token_ids", "vllm.v1.core.sched.scheduler:Scheduler.update_draft_token_ids",
+          "WRAP", "the drafter's proposals, kept whole for shadow acceptance", ("draft_token_ids",)),
+    Touch("scheduler.make_stats", "vllm.v1.core.sched.scheduler:Scheduler.make_stats", "WRAP",
+          "attach the policy's counters to the step's SchedulerStats"),
+    Touch("scheduler._free_request", "vllm.v1.core.sched.scheduler:Scheduler._free_request", "WRAP",
+          "forget per-request history when a request ends", ("request",)),
+    Touch("scheduler_output.num_spec_tokens_to_schedule",
+          "vllm.v1.core.sched.output:SchedulerOutput.num_spec_tokens_to_schedule", "WRITE",
+          "draft nothing while speculation is off for lack of acceptance"),
+    Touch("scheduler_stats.specdec_stats", "vllm.v1.metrics.stats:SchedulerStats", "EXTEND",
+          f"a dict field '{STATS_FIELD}' carries our counters from the engine core to the API server"),
+    Touch("executor.compile_or_warm_up_model", "vllm.v1.executor.abstract:Executor.compile_or_warm_up_model",
+          "WRAP", "profile the verify forward after KV-cache allocation and graph capture"),
+    Touch("executor.collective_rpc", "vllm.v1.executor.abstract:Executor.collective_rpc", "CALL",
+          "run the profiling function on every worker", ("method", "args")),
+    Touch("runner._dummy_run", "vllm.v1.worker.gpu_model_runner:GPUModelRunner._dummy_run", "CALL",
+          "time B sequences x q tokens with attention over a KV prefix",
+          ("num_tokens", "force_attention", "uniform_decode", "skip_eplb", "profile_seq_lens")),
+    Touch("stat_logger", "vllm.v1.metrics.loggers:StatLoggerBase", "SUBCLASS",
+          "publish specdec_* metrics on the API server's /metrics"),
+)
+
+
+def _resolve(target: str) -> Any:
+    module_name, _, qual = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in qual.split("."):
+        if dataclasses.is_dataclass(obj) and part in getattr(obj, "__dataclass_fields__", {}):
+            return obj.__dataclass_fields__[part]
+        obj = getattr(obj, part)
+    return obj
+
+
+def vllm_version() -> str:
+    try:
+        import vllm
+
+        return str(getattr(vllm, "__version__", "unknown"))
+    except Exception:  # noqa: BLE001
+        return "not installed"
+
+
+def version_supported(version: str) -> bool:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        v = Version(version.split("+")[0])
+    except InvalidVersion:
+        return False
+    return Version("0.30") <= v < Version("0.34")
+
+
+def check(names: set[str] | None = None) -> list[str]:
+    """Problems with this vLLM (empty: every touched symbol exists with the expected signature).
+
+    ``names`` restricts the check to those touches (the plugin entry checks
+    only what it patches in every process; the full check runs when an
+    engine actually asks for tilespec).
+    """
+    problems = []
+    ver = vllm_version()
+    if not version_supported(ver):
+        problems.append(f"vLLM {ver} is outside the supported range {SUPPORTED}")
+    for t in TOUCHES:
+        if names is not None and t.name not in names:
+            continue
+        try:
+            obj = _resolve(t.target)
+        except (ImportError, AttributeError) as err:
+            problems.append(f"{t.target} ({t.kind}: {t.why}) is missing: {err}")
+            continue
+        if t.params and callable(obj):
+            try:
+                names = set(inspect.signature(obj).parameters)
+            except (TypeError, ValueError):
+                continue
+            missing = [p for p in t.params if p not in names]
+            if missing:
+                problems.append(f"{t.target} has no parameter(s) {', '.join(missing)} ({t.kind}: {t.why})")
+    return problems
+
+
+def require() -> None:
+    problems = check()
+    if problems:
+        raise UnsupportedVLLM(f"tilespec supports vLLM {SUPPORTED}; this vLLM ({vllm_version()}) cannot be used: "
+                              + "; ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------- patches
+_APPLIED: dict[str, str] = {}
+
+
+def install_patch(name: str, make_wrapper: Callable[[Callable], Callable], owner: str = "specdec_engine") -> bool:
+    """Replace the WRAP target ``name`` by ``make_wrapper(original)``; refuse to do it twice."""
+    touch = next(t for t in TOUCHES if t.name == name)
+    if touch.kind != "WRAP":
+        raise ValueError(f"{name} is a {touch.kind} touch, not a WRAP")
+    if name in _APPLIED:
+        return False
+    module_name, _, qual = touch.target.partition(":")
+    cls_name, _, attr = qual.rpartition(".")
+    cls = _resolve(f"{module_name}:{cls_name}")
+    original = cls.__dict__[attr]
+    if getattr(original, "__specdec_wrapped__", False):
+        _APPLIED[name] = owner
+        return False
+    wrapper = make_wrapper(original)
+    wrapper.__specdec_wrapped__ = True
+    wrapper.__wrapped__ = original
+    setattr(cls, attr, wrapper)
+    _APPLIED[name] = owner
+    logger.debug("tilespec: patched %s (%s) for %s", touch.target, touch.why, owner)
+    return True
+
+
+def applied() -> dict[str, str]:
+    return dict(_APPLIED)
+
+
+def extend_scheduler_stats() -> bool:
+    """Add ``specdec_stats: dict | None`` to SchedulerStats so msgspec carries it between processes.
+
+    vLLM ships SchedulerStats from the engine core to the API server as
+    msgpack; attributes set on an instance are dropped, declared dataclass
+    fields are kept. The field is declared here, in every process, before the
+    first stats object is encoded or decoded. Checked by a round trip through
+    vLLM's own encoder and decoder; False (metrics disabled, engine fine) if
+    that fails.
+    """
+    from vllm.v1.metrics.stats import SchedulerStats
+
+    if STATS_FIELD not in SchedulerStats.__dataclass_fields__:
+        f = dataclasses.field(default=None)
+        f.name = STATS_FIELD
+        f.type = "dict[str, Any] | None"
+        f._field_type = dataclasses._FIELD  # type: ignore[attr-defined]
+        SchedulerStats.__dataclass_fields__[STATS_FIELD] = f
+        SchedulerStats.__annotations__[STATS_FIELD] = "dict[str, Any] | None"
+        setattr(SchedulerStats, STATS_FIELD, None)
+    return _stats_roundtrip_ok()
+
+
+def _stats_roundtrip_ok() -> bool:
+    try:
+        from vllm.v1.engine import EngineCoreOutputs
+        from vllm.v1.metrics.stats import SchedulerStats
+        from vllm.v1.serial_utils import MsgpackDecoder, MsgpackEncoder
+
+        stats = SchedulerStats()
+        setattr(stats, STATS_FIELD, {"steps": 3, "chosen_k": [1, 2]})
+        out = EngineCoreOutputs(scheduler_stats=stats)
+        frames = MsgpackEncoder().encode(out)
+        back = MsgpackDecoder(EngineCoreOutputs).decode(frames)
+        return getattr(back.scheduler_stats, STATS_FIELD, None) == {"steps": 3, "chosen_k": [1, 2]}
+    except Exception as err:  # noqa: BLE001
+        logger.warning("tilespec: SchedulerStats round trip failed (%s); specdec_* metrics will not be exported",
+                       err)
+        return False

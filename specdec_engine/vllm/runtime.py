@@ -1,0 +1,91 @@
+"""What tilespec keeps in one vLLM engine-core process: config, cache, latency model, policy.
+
+The warmup wrapper (on the executor) and the scheduler both live in the
+engine-core process; the executor profiles before the scheduler exists. This
+module is the meeting point: the warmup stores the profile here, the
+scheduler takes it. With TP>1 the scheduler is still one object in one
+process and every worker executes what it schedules, so every rank follows
+the same decision by construction; profiling uses rank 0's timings (all ranks
+run each timed forward together, as they must for their collectives).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from ..cache import CacheKey, ProfileCache
+from ..policy import Calibration, LatencyModel, TileSpecPolicy
+from .config import TileSpecConfig
+
+logger = logging.getLogger("specdec_engine.vllm")
+
+ADDITIONAL_CONFIG_KEY = "tilespec"
+
+
+def tilespec_config(vllm_config) -> TileSpecConfig | None:
+    """Our validated config, if this engine was started with method 'tilespec'."""
+    extra = getattr(vllm_config, "additional_config", None) or {}
+    raw = extra.get(ADDITIONAL_CONFIG_KEY) if isinstance(extra, dict) else None
+    if raw is None:
+        return None
+    return TileSpecConfig.model_validate(raw)
+
+
+@dataclass
+class EngineRuntime:
+    cfg: TileSpecConfig
+    k_max: int
+    cache: ProfileCache
+    key: CacheKey | None = None
+    latency: LatencyModel | None = None
+    calibration: Calibration | None = None
+    profile_info: dict = field(default_factory=dict)
+    disabled_reason: str | None = None
+    _last_cal_save: float = field(default_factory=time.monotonic)
+
+    def make_policy(self) -> TileSpecPolicy | None:
+        if self.latency is None:
+            return None
+        if self.calibration is None:
+            self.calibration = Calibration(n_bins=self.cfg.calibration_bins)
+        return TileSpecPolicy(self.latency, self.k_max, calibration=self.calibration,
+                              fallback=self.cfg.fallback.to_core(), learn_overhead=self.cfg.learn_overhead)
+
+    def maybe_save_calibration(self, force: bool = False) -> None:
+        """Persist the online calibration every ``calibration_save_interval_s`` (atomic; never raises)."""
+        if self.key is None or self.calibration is None or self.latency is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_cal_save < self.cfg.calibration_save_interval_s:
+            return
+        self._last_cal_save = now
+        if self.calibration.n_pairs == 0:
+            return
+        try:
+            if not self.cache.path_for(self.key).joinpath("meta.json").exists():
+                # the cache dir vanished (deleted volume): write the whole profile again, not half of it
+                self.cache.save(self.key, self.latency, self.calibration, extra_meta=self.profile_info, plots=False)
+            else:
+                self.cache.save(self.key, calibration=self.calibration, plots=force)
+        except Exception as err:  # noqa: BLE001 - persistence must never hurt serving
+            logger.warning("TileSpec: could not save calibration: %s", err)
+
+
+_RUNTIMES: dict[int, EngineRuntime] = {}
+
+
+def runtime_for(vllm_config) -> EngineRuntime | None:
+    """The process's runtime for this engine (created on first use), or None if tilespec is not configured."""
+    cfg = tilespec_config(vllm_config)
+    if cfg is None:
+        return None
+    rt = _RUNTIMES.get(id(vllm_config))
+    if rt is None:
+        root = cfg.cache_dir or os.environ.get("SPECDEC_CACHE_DIR") or "cache"
+        rt = EngineRuntime(cfg=cfg, k_max=int(vllm_config.speculative_config.num_speculative_tokens),
+                           cache=ProfileCache(root))
+        _RUNTIMES[id(vllm_config)] = rt
+    return rt

@@ -1,0 +1,230 @@
+"""TileSpecScheduler: vLLM's scheduler, with each request's drafts trimmed to the K the policy chooses.
+
+Set as ``scheduler_cls`` by the config rewrite (see ``plugin.py``). Per step:
+
+1. ``schedule()``: the drafter's proposals for the running decode requests
+   are already in ``request.spec_token_ids`` (vLLM puts them there after the
+   previous step). The policy scores them (each request's acceptance history,
+   calibrated), estimates the prefill tokens sharing the forward, chooses K
+   per request (0 allowed) and the drafts are cut to that length before
+   vLLM schedules the step. vLLM can only cut further (token budget).
+2. ``update_from_output()``: each request's accepted count is
+   ``len(sampled) - 1``, exactly as vLLM computes it; the policy learns from
+   it (calibration, fallback) and from the measured step time. A draft that
+   was proposed but not verified is compared with the token the target then
+   produced ("shadow" acceptance): free evidence that keeps a request's
+   history alive while it gets K=0.
+3. ``make_stats()``: the policy's counters ride to the API server on the
+   step's ``SchedulerStats`` (field declared by ``compat``).
+
+Lossless by construction: only the number of drafts changes; vLLM's rejection
+sampler, untouched, decides every token.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+
+import numpy as np
+from vllm.v1.core.sched.scheduler import Scheduler
+
+from ..policy import AcceptanceHistory, SpecState
+from . import compat
+from .runtime import runtime_for
+
+logger = logging.getLogger("specdec_engine.vllm")
+
+
+class TileSpecScheduler(Scheduler):
+    LOG_INTERVAL_S = 30.0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._rt = runtime_for(self.vllm_config)
+        self._policy = None
+        if self._rt is not None:
+            if self._rt.disabled_reason:
+                logger.warning("TileSpec: disabled (%s); vLLM verifies every draft", self._rt.disabled_reason)
+            elif not self._rt.cfg.enabled:
+                logger.info("TileSpec: 'enabled': false; vLLM verifies every draft")
+            else:
+                self._policy = self._rt.make_policy()
+                if self._policy is None:
+                    logger.warning("TileSpec: no latency model (warmup did not run); vLLM verifies every draft")
+        self._k_max = int(self.vllm_config.speculative_config.num_speculative_tokens)
+        self._history = AcceptanceHistory()
+        self._inflight: dict[str, tuple[np.ndarray, int, list[int]]] = {}
+        self._planned: list[tuple[str, np.ndarray, list[int]]] = []
+        self._t_step: float | None = None
+        self._stats_ok = compat.extend_scheduler_stats()
+        self._last_log = time.monotonic()
+        self._unplanned = [0, 0, 0]  # drafts vLLM scheduled without us (resume padding): requests, tokens, accepted
+        if self._policy is not None:
+            logger.info("TileSpec: scheduler active: base=%s, K_max=%d, latency model %s, calibration %d pairs",
+                        self._rt.cfg.base, self._k_max, self._rt.key.dirname if self._rt.key else "in memory",
+                        self._policy.calibration.n_pairs)
+
+    # ------------------------------------------------------------------ planning
+    def _prefill_estimate(self, decode_tokens: int) -> tuple[int, int]:
+        """Tokens and sequences of prefill likely to share this step (running chunks, then the queue head)."""
+        budget = max(0, int(self.max_num_scheduled_tokens) - decode_tokens)
+        tokens = seqs = 0
+        for r in self.running:
+            if budget <= 0:
+                break
+            if r.is_prefill_chunk or r.num_computed_tokens < r.num_prompt_tokens:
+                take = min(r.num_tokens - r.num_computed_tokens, budget)
+                if take > 0:
+                    tokens, seqs, budget = tokens + take, seqs + 1, budget - take
+        free_slots = int(self.scheduler_config.max_num_seqs) - len(self.running)
+        if budget > 0 and free_slots > 0:
+            try:
+                head = list(itertools.islice(iter(self.waiting), free_slots))
+            except TypeError:
+                head = []
+            for r in head:
+                if budget <= 0:
+                    break
+                take = min(max(r.num_tokens - r.num_computed_tokens, 1), budget)
+                tokens, seqs, budget = tokens + take, seqs + 1, budget - take
+        return tokens, seqs
+
+    def _plan(self) -> None:
+        pol = self._policy
+        decode = [r for r in self.running if not r.is_prefill_chunk and r.num_computed_tokens >= r.num_prompt_tokens]
+        rows = [r for r in decode if r.spec_token_ids]
+        self._planned = []
+        if not decode:
+            return
+        n_avail = np.array([
+            max(0, min(len(r.spec_token_ids), r.max_tokens - r.num_output_tokens - 1,
+                       self.max_model_len - r.num_tokens - 1)) for r in rows], dtype=np.int64)
+        ids = [r.request_id for r in rows]
+        raw = self._history.scores(ids, self._k_max, n_avail) if rows else np.zeros((0, self._k_max))
+        extra_tokens, extra_seqs = self._prefill_estimate(len(decode))
+        no_draft = len(decode) - len(rows)
+        plan = pol.plan(raw, n_avail, extra_tokens=extra_tokens + no_draft, extra_seqs=extra_seqs + no_draft)
+        for r, k, row in zip(rows, plan.k.tolist(), raw):
+            proposal = list(r.spec_token_ids)
+            r.spec_token_ids = proposal[:k]
+            self._planned.append((r.request_id, row, proposal))
+
+    def schedule(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        if self._policy is not None:
+            try:
+                self._plan()
+            except Exception:  # noqa: BLE001 - a policy bug must not stop serving
+                logger.exception("TileSpec: planning failed; verifying every draft from now on")
+                self._policy = None
+                self._planned = []
+        out = super().schedule(*args, **kwargs)
+        if self._policy is not None:
+            scheduled = out.scheduled_spec_decode_tokens
+            self._inflight = {}
+            for rid, row, proposal in self._planned:
+                if rid in out.num_scheduled_tokens:
+                    self._inflight[rid] = (row, len(scheduled.get(rid, ())), proposal)
+            for rid, toks in scheduled.items():
+                if rid not in self._inflight:  # vLLM's own padding of resumed requests ([-1] drafts)
+                    self._unplanned[0] += 1
+                    self._unplanned[1] += len(toks)
+                    self._inflight[rid] = (None, len(toks), [])
+            fb = self._policy.fallback
+            if fb.state == SpecState.OFF and not fb.off_for_gain:
+                out.num_spec_tokens_to_schedule = 0  # nothing will be verified: do not draft at all
+            self._t_step = t0
+        return out
+
+    # ------------------------------------------------------------------ learning
+    def _learn(self, model_runner_output) -> None:
+        index = model_runner_output.req_id_to_index
+        sampled = model_runner_output.sampled_token_ids
+        rows, ks, accs, shadow_scores, shadow_hits = [], [], [], [], []
+        for rid, (row, k, proposal) in self._inflight.items():
+            i = index.get(rid)
+            if i is None or not sampled or i >= len(sampled) or not sampled[i]:
+                continue
+            gen = sampled[i]
+            acc = min(max(len(gen) - 1, 0), k)
+            if row is None:  # padding drafts: counted like vLLM counts them, never learned from
+                self._unplanned[2] += acc
+                continue
+            rows.append(row)
+            ks.append(k)
+            accs.append(acc)
+            if acc < k:
+                self._history.observe(rid, acc, 1)
+            elif len(proposal) > k and len(gen) > k:
+                hit = int(proposal[k] == gen[k])
+                self._history.observe(rid, acc + hit, 1 - hit)
+                if k == 0 and not np.isnan(row[0]):
+                    shadow_scores.append(row[0])
+                    shadow_hits.append(hit)
+            else:
+                self._history.observe(rid, acc, 0)
+        K = self._k_max
+        self._policy.learn(np.array(rows).reshape(-1, K), np.array(ks, dtype=np.int64),
+                           np.array(accs, dtype=np.int64))
+        if shadow_scores:
+            self._policy.calibration.update(shadow_scores, shadow_hits)
+
+    def update_from_output(self, scheduler_output, model_runner_output):
+        if self._policy is not None and self._t_step is not None:
+            measured_ms = (time.perf_counter() - self._t_step) * 1000.0
+            try:
+                before = self._policy.fallback.transitions
+                self._learn(model_runner_output)
+                self._policy.observe_step_time(measured_ms)
+                if self._policy.fallback.transitions != before:
+                    fb = self._policy.fallback
+                    logger.info("TileSpec: speculation %s: %s", {SpecState.ON: "on", SpecState.OFF: "off",
+                                                                 SpecState.PROBE: "probing"}[fb.state],
+                                fb.last_reason)
+            except Exception:  # noqa: BLE001
+                logger.exception("TileSpec: learning from the step failed; verifying every draft from now on")
+                self._policy = None
+            self._t_step = None
+            self._inflight = {}
+        result = super().update_from_output(scheduler_output, model_runner_output)
+        if self._policy is not None:
+            self._rt.maybe_save_calibration()
+            self._maybe_log()
+        return result
+
+    # ------------------------------------------------------------------ reporting
+    def _maybe_log(self) -> None:
+        now = time.monotonic()
+        if now - self._last_log < self.LOG_INTERVAL_S:
+            return
+        self._last_log = now
+        p = self._policy
+        logger.info("TileSpec: state=%s (%s), first-draft acceptance %.2f, calibration ECE %s over %d pairs, "
+                    "step overhead %.2f ms", p.fallback.state.name.lower(), p.fallback.last_reason,
+                    p.fallback.acceptance, p.calibration.summary()["ece_prequential"], p.calibration.n_pairs,
+                    p.selector.overhead_ms)
+
+    def make_stats(self, *args, **kwargs):
+        stats = super().make_stats(*args, **kwargs)
+        if stats is not None and self._policy is not None and self._stats_ok:
+            d = self._policy.take_stats().to_dict()
+            req, tok, acc = self._unplanned
+            if req:
+                d["drafts"] += req
+                d["draft_tokens"] += tok
+                d["accepted_tokens"] += acc
+                self._unplanned = [0, 0, 0]
+            d["k_max"] = self._k_max
+            setattr(stats, compat.STATS_FIELD, d)
+        return stats
+
+    def _free_request(self, request, *args, **kwargs):
+        self._history.forget(request.request_id)
+        return super()._free_request(request, *args, **kwargs)
+
+    def shutdown(self) -> None:
+        if self._rt is not None and self._policy is not None:
+            self._rt.maybe_save_calibration(force=True)
+        super().shutdown()

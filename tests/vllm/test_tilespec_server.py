@@ -1,0 +1,113 @@
+"""tilespec inside `vllm serve` (one shared server): counters on /metrics, acceptance, fallback, cache faults.
+
+Test order matters within this module (they share one server): acceptance first, faults next, the
+workload that switches speculation off last.
+"""
+
+import concurrent.futures as cf
+import shutil
+import time
+
+import httpx
+import pytest
+from vllm_engine_helpers import code_edit_prompts
+
+from specdec_profiler.vllm_server import VLLMServer, metric_sum
+
+DOCUMENTED = ["specdec_steps_total", "specdec_steps_spec_off_total", "specdec_drafts_total",
+              "specdec_draft_tokens_total", "specdec_accepted_tokens_total",
+              "specdec_accepted_tokens_per_pos_total", "specdec_chosen_k_bucket", "specdec_chosen_k_count",
+              "specdec_fallback_state", "specdec_step_predicted_ms_total", "specdec_step_measured_ms_total",
+              "specdec_timed_steps_total", "specdec_calibration_ece", "specdec_calibration_pairs"]
+
+
+@pytest.fixture(scope="module")
+def server(target_model, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("tilespec-cache")
+    spec = {"method": "tilespec", "num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 1,
+            "cache_dir": str(cache / "c"), "calibration_save_interval_s": 1, "profile_batch_sizes": [1, 2, 4, 8, 16],
+            "fallback": {"min_dwell_steps": 16, "patience_steps": 16, "window": 32, "probe_interval_steps": 400}}
+    log = tmp_path_factory.mktemp("logs") / "serve.log"
+    with VLLMServer(target_model, speculative_config=spec, log_path=log) as srv:
+        srv.cache_root = cache / "c"
+        yield srv
+
+
+def _send(srv, prompts, max_tokens=48, temperature=0.0, workers=4):
+    def one(p):
+        return srv.complete(p, max_tokens=max_tokens, temperature=temperature, ignore_eos=True, min_tokens=max_tokens)
+
+    with cf.ThreadPoolExecutor(workers) as ex:
+        return list(ex.map(one, prompts))
+
+
+def test_code_editing_accepts_drafts_and_counters_match_vllms(server):
+    before = server.metrics()
+    outs = _send(server, code_edit_prompts(16))
+    assert all(o["usage"]["completion_tokens"] == 48 for o in outs)
+    time.sleep(1.5)
+    m = server.metrics()
+    for name in DOCUMENTED:
+        assert any(k.split("{")[0] == name for k in m), f"{name} missing from /metrics"
+    acc = metric_sum(m, "specdec_accepted_tokens_total") - metric_sum(before, "specdec_accepted_tokens_total")
+    drafted = metric_sum(m, "specdec_draft_tokens_total") - metric_sum(before, "specdec_draft_tokens_total")
+    assert acc > 100 and acc <= drafted
+    # our counters describe the same drafts as vLLM's own, over the same window
+    assert drafted == metric_sum(m, "vllm:spec_decode_num_draft_tokens_total") - metric_sum(
+        before, "vllm:spec_decode_num_draft_tokens_total")
+    assert acc == metric_sum(m, "vllm:spec_decode_num_accepted_tokens_total") - metric_sum(
+        before, "vllm:spec_decode_num_accepted_tokens_total")
+    assert metric_sum(m, "specdec_calibration_pairs") > 0
+    assert metric_sum(m, "specdec_chosen_k_count") >= metric_sum(m, "specdec_drafts_total")
+    assert metric_sum(m, "specdec_fallback_state") in (0, 1, 2)
+    assert "TileSpec: scheduler active" in server.log_text()
+
+
+def test_chat_completions_work(server):
+    r = httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={
+        "model": "tiny", "messages": [{"role": "user", "content": "Continue this code:\nimport os\n"}],
+        "max_tokens": 24, "min_tokens": 24, "temperature": 0})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] == 24 and r.json()["choices"][0]["message"]["content"]
+
+
+def test_deleted_cache_is_rewritten_and_serving_continues(server):
+    shutil.rmtree(server.cache_root)
+    _send(server, code_edit_prompts(4), max_tokens=32)
+    deadline = time.time() + 20
+    while time.time() < deadline and not list(server.cache_root.glob("*/meta.json")):
+        _send(server, code_edit_prompts(2), max_tokens=16)
+        time.sleep(0.5)
+    assert list(server.cache_root.glob("*/meta.json")), server.log_tail()
+    assert list(server.cache_root.glob("*/latency_model.npz"))
+    assert server.alive()
+
+
+def test_unwritable_cache_warns_and_serving_continues(server):
+    shutil.rmtree(server.cache_root)
+    server.cache_root.write_text("a file where the cache directory should be")
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline and "not writable" not in server.log_text():
+            _send(server, code_edit_prompts(2), max_tokens=16)
+            time.sleep(0.5)
+        assert "not writable" in server.log_text()
+        outs = _send(server, code_edit_prompts(4), max_tokens=16)
+        assert all(o["usage"]["completion_tokens"] == 16 for o in outs) and server.alive()
+    finally:
+        server.cache_root.unlink()
+
+
+def test_drafts_that_never_match_switch_speculation_off(server):
+    # Sampling at temperature 2 (vLLM's maximum) makes the tiny model's continuation close to noise:
+    # prompt-lookup drafts (one-hot) are then accepted with the target's probability of that token, ~0.
+    before = server.metrics()
+    prompts = [f"x{i} = [" + ", ".join(str((i * 7 + j) % 13) for j in range(40)) for i in range(24)]
+    _send(server, prompts, max_tokens=64, temperature=2.0)
+    time.sleep(1.5)
+    m = server.metrics()
+    off = metric_sum(m, "specdec_steps_spec_off_total") - metric_sum(before, "specdec_steps_spec_off_total")
+    steps = metric_sum(m, "specdec_steps_total") - metric_sum(before, "specdec_steps_total")
+    assert steps > 0 and off / steps > 0.5, (off, steps)
+    assert "TileSpec: speculation off" in server.log_text()
+    assert server.alive()
