@@ -14,11 +14,15 @@ from .errors import UsageError
 
 def _add_tiny_model(sub) -> None:
     p = sub.add_parser("tiny-model", help="build (or reuse) the project's tiny Llama target/draft models",
-                       description="Build or reuse the tiny Llama target (and with --draft a smaller draft "
-                                   "sharing its tokenizer). Prints the model folder as the last line.")
+                       description="Build or reuse the tiny Llama target (with --draft a smaller draft sharing "
+                                   "its tokenizer, with --wide the benchmark target). Prints the folder of the "
+                                   "last model asked for as the last line.")
     p.add_argument("--draft", action="store_true", help="also build the draft model; print its folder last")
     p.add_argument("--out", help="root folder for models (default: $SPECDEC_HOME/models, "
                                  "SPECDEC_HOME defaults to ~/.cache/specdec-engine)")
+    p.add_argument("--wide", action="store_true",
+                   help="also build the benchmark target (the trained target widened to 69M parameters, same "
+                        "outputs, a forward that dominates vLLM's step); print its folder last")
     p.add_argument("--force", action="store_true", help="rebuild even if a verified build exists")
 
     def run(args) -> int:

@@ -183,7 +183,7 @@ def run_batch(latency: LatencyModel, cfg: SimConfig, batch: int,
     if cfg.draft_cost_ratio > 0:
         unit = cfg.draft_cost_ratio * float(latency.predict(batch, batch))
         cost = [unit * k for k in range(K + 1)]
-    policy = TileSpecPolicy(latency, K, calibration=Calibration(), fallback=fallback,
+    policy = TileSpecPolicy(latency, K, calibration=Calibration(n_positions=K), fallback=fallback,
                             draft_cost_ms=cost if cost else 0.0)
     out.append(simulate_policy("tilespec", latency, cfg, batch, trace,
                                lambda q, c, n: policy.plan(c, n).k, policy.learn))

@@ -270,6 +270,26 @@ def fingerprint_for(spec: ModelSpec, corpus_sha: str, parent: str = "") -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+WIDE = {"hidden": 1024, "heads": 32, "kv_heads": 8, "intermediate": 4096}
+
+
+def build_wide(target_dir: Path, force: bool = False, log=print) -> Path:
+    """The benchmark target: the trained target embedded in a 69M-parameter Llama (see ``widen.py``)."""
+    from .widen import widen
+
+    parent = json.loads((target_dir / MANIFEST).read_text())["fingerprint"]
+    fp = hashlib.sha256(json.dumps({"parent": parent, "wide": WIDE, "recipe": RECIPE_VERSION},
+                                   sort_keys=True).encode()).hexdigest()
+    out = target_dir.parent / f"tiny-target-wide-{fp[:12]}"
+    if force or not verify(out, fp):
+        log(f"building tiny-target-wide -> {out}")
+        check = widen(target_dir, out, **WIDE)
+        log(f"  widened to {check['params'] / 1e6:.1f}M parameters; max |logit diff| vs the trained target "
+            f"{check['max_abs_logit_diff']:.2g}, argmax agreement {check['argmax_agreement']:.3f}")
+        _write_manifest(out, fp, {"role": "target-wide", "target": str(target_dir), **check})
+    return out
+
+
 def build(out_root: Path | None = None, draft: bool = False, force: bool = False, log=print) -> BuildResult:
     """Build or reuse the target (and the draft); returns their folders."""
     out_root = Path(out_root) if out_root else default_home() / "models"
@@ -335,9 +355,11 @@ def main(args) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     res = build(Path(args.out) if args.out else None, draft=args.draft, force=args.force, log=log)
-    if args.draft:
-        print(f"target: {res.target}")
-        print(res.draft)
-    else:
-        print(res.target)
+    wide = build_wide(res.target, force=args.force, log=log) if args.wide else None
+    print(f"target: {res.target}")
+    if res.draft is not None:
+        print(f"draft: {res.draft}")
+    if wide is not None:
+        print(f"wide: {wide}")
+    print(wide or res.draft or res.target)
     return 0

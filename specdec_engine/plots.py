@@ -66,15 +66,21 @@ def plot_calibration(cal: Calibration, out: str | Path, title: str | None = None
     """Reliability diagram: observed acceptance per score bin vs the calibrated map and the diagonal."""
     plt = _plt()
     fig, (ax, axh) = plt.subplots(2, 1, figsize=(7, 7), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
-    seen = cal.counts > 0
-    obs = np.where(seen, cal.accepted / np.maximum(cal.counts, 1e-12), np.nan)
-    mean_score = np.where(seen, cal.score_sums / np.maximum(cal.counts, 1e-12), np.nan)
     ax.plot([0, 1], [0, 1], ":", color="0.5", label="raw confidence (diagonal)")
-    sizes = 10 + 90 * cal.counts / max(cal.counts.max(), 1)
-    ax.scatter(mean_score[seen], obs[seen], s=sizes[seen], color="tab:orange", zorder=3,
-               label="observed acceptance per bin")
     xs = np.linspace(0, 1, 201)
-    ax.plot(xs, cal(xs), "-", color="tab:blue", lw=2, label="calibrated P(accept)")
+    cmap = plt.get_cmap("viridis")
+    n_pos = cal.n_positions
+    big = max(cal.counts.max(), 1)
+    for pos in range(n_pos):
+        seen = cal.counts[pos] > 0
+        obs = np.where(seen, cal.accepted[pos] / np.maximum(cal.counts[pos], 1e-12), np.nan)
+        mean_score = np.where(seen, cal.score_sums[pos] / np.maximum(cal.counts[pos], 1e-12), np.nan)
+        color = "tab:blue" if n_pos == 1 else cmap(pos / max(1, n_pos - 1))
+        label = "" if n_pos == 1 else f" (draft position {pos + 1})"
+        ax.scatter(mean_score[seen], obs[seen], s=10 + 90 * cal.counts[pos][seen] / big, color=color, alpha=0.7,
+                   zorder=3, label="observed acceptance per bin" + label if pos in (0, n_pos - 1) else None)
+        ax.plot(xs, cal(xs, np.full(xs.shape, pos)), "-", color=color, lw=2 if n_pos == 1 else 1.2,
+                label="calibrated P(accept)" + label if pos in (0, n_pos - 1) else None)
     summ = cal.summary()
     ax.set_ylabel("P(accept)")
     ax.set_ylim(-0.02, 1.02)
@@ -82,7 +88,7 @@ def plot_calibration(cal: Calibration, out: str | Path, title: str | None = None
                           f"(raw {summ['ece_raw']}, prequential {summ['ece_prequential']})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
-    axh.bar(cal.centers, cal.counts, width=cal.bin_edges[1] - cal.bin_edges[0], color="0.6")
+    axh.bar(cal.centers, cal.counts.sum(axis=0), width=cal.bin_edges[1] - cal.bin_edges[0], color="0.6")
     axh.set_xlabel("draft confidence score")
     axh.set_ylabel("pairs")
     fig.tight_layout()

@@ -35,7 +35,5 @@ def tiny_models() -> tuple[Path, Path]:
     out = subprocess.run([sys.executable, "-m", "specdec_profiler.cli", "tiny-model", "--draft"],
                          capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
-    lines = out.stdout.strip().splitlines()
-    target = Path(lines[0].split("target: ", 1)[1])
-    draft = Path(lines[-1])
-    return target, draft
+    lines = dict(x.split(": ", 1) for x in out.stdout.strip().splitlines()[:-1])
+    return Path(lines["target"]), Path(lines["draft"])

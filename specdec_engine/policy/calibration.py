@@ -60,17 +60,29 @@ def _ece(weights: np.ndarray, predicted: np.ndarray, observed: np.ndarray) -> fl
 
 
 class Calibration:
-    """Monotone map from a confidence score in [0, 1] to P(accept).
+    """Monotone map from a confidence score in [0, 1] (and a draft position) to P(accept).
 
     ``prior`` gives the prior P(accept) as a function of the score (default:
     the score itself, i.e. trust the drafter until shown otherwise) and
     ``prior_strength`` how many pseudo-observations per bin it is worth.
+
+    With ``n_positions`` > 1 each draft position (0-based; later positions
+    share the last map) gets its own monotone map, shrunk toward the map
+    pooled over all positions. Acceptance is not independent across
+    positions: prompt-lookup drafts are accepted in runs (a copied region is
+    accepted whole), so the same cumulative score means something different
+    at depth 1 and at depth 6. Positions with little data follow the pooled
+    map until they have their own evidence.
     """
 
+    TABLE = 1024  # lookup resolution of the fitted maps
+
     def __init__(self, n_bins: int = 20, prior: Callable[[np.ndarray], np.ndarray] | np.ndarray | None = None,
-                 prior_strength: float = 4.0):
+                 prior_strength: float = 4.0, n_positions: int = 1):
         if n_bins < 2:
             raise CalibrationError(f"n_bins must be >= 2, got {n_bins}")
+        if n_positions < 1:
+            raise CalibrationError(f"n_positions must be >= 1, got {n_positions}")
         if prior_strength < 0:
             raise CalibrationError(f"prior_strength must be >= 0, got {prior_strength}")
         self.bin_edges = np.linspace(0.0, 1.0, n_bins + 1)
@@ -85,27 +97,47 @@ class Calibration:
             raise CalibrationError("prior must give one probability in [0, 1] per bin")
         self.prior_p = prior_p
         self.prior_strength = float(prior_strength)
-        n = n_bins
-        self.counts = np.zeros(n)          # observed pairs per bin
-        self.accepted = np.zeros(n)        # accepted among them
-        self.score_sums = np.zeros(n)      # sum of raw scores (for ece_raw)
-        self.pred_sums = np.zeros(n)       # sum of predictions made before learning (prequential)
+        shape = (n_positions, n_bins)
+        self.counts = np.zeros(shape)          # observed pairs per (position, bin)
+        self.accepted = np.zeros(shape)        # accepted among them
+        self.score_sums = np.zeros(shape)      # sum of raw scores (for ece_raw)
+        self.pred_sums = np.zeros(shape)       # sum of predictions made before learning (prequential)
         self.n_pairs = 0
         self._p = None
+        self._table = None
         self._refit()
+
+    @property
+    def n_positions(self) -> int:
+        return self.counts.shape[0]
 
     # ------------------------------------------------------------------ fitting
     def _refit(self) -> None:
-        w = self.counts + self.prior_strength
-        rate = (self.accepted + self.prior_strength * self.prior_p) / np.maximum(w, 1e-12)
-        self._p = np.clip(isotonic_increasing(rate, w), 0.0, 1.0)
+        k = self.prior_strength
+        w0 = self.counts.sum(axis=0) + k
+        pooled = isotonic_increasing((self.accepted.sum(axis=0) + k * self.prior_p) / np.maximum(w0, 1e-12), w0)
+        rows = []
+        for pos in range(self.n_positions):
+            w = self.counts[pos] + k
+            rate = (self.accepted[pos] + k * pooled) / np.maximum(w, 1e-12)
+            rows.append(isotonic_increasing(rate, w))
+        self._p = np.clip(np.array(rows), 0.0, 1.0)
+        grid = np.linspace(0.0, 1.0, self.TABLE + 1)
+        self._table = np.array([np.interp(grid, self.centers, row) for row in self._p])
         self._dirty = False
 
     def _bins(self, scores: np.ndarray) -> np.ndarray:
         return np.clip(np.searchsorted(self.bin_edges, scores, side="right") - 1, 0, len(self.centers) - 1)
 
-    def update(self, scores, accepted) -> None:
-        """Learn from observed pairs: ``accepted[i]`` is 1 if the draft scored ``scores[i]`` was accepted."""
+    def _positions(self, positions, shape) -> np.ndarray:
+        if positions is None:
+            return np.zeros(shape, dtype=np.int64)
+        pos = np.broadcast_to(np.asarray(positions, dtype=np.int64), shape)
+        return np.clip(pos, 0, self.n_positions - 1)
+
+    def update(self, scores, accepted, positions=None) -> None:
+        """Learn from observed pairs: ``accepted[i]`` is 1 if the draft scored ``scores[i]`` (at draft
+        position ``positions[i]``, default 0) was accepted."""
         s = np.asarray(scores, dtype=np.float64).ravel()
         a = np.asarray(accepted, dtype=np.float64).ravel()
         if s.shape != a.shape:
@@ -115,12 +147,13 @@ class Calibration:
         if not np.all(np.isfinite(s)):
             raise CalibrationError("scores must be finite")
         s = np.clip(s, 0.0, 1.0)
-        pred = self(s)  # prequential: scored before learning
+        pos = self._positions(None if positions is None else np.asarray(positions).ravel(), s.shape)
+        pred = self(s, pos)  # prequential: scored before learning
         b = self._bins(s)
-        np.add.at(self.counts, b, 1.0)
-        np.add.at(self.accepted, b, a)
-        np.add.at(self.score_sums, b, s)
-        np.add.at(self.pred_sums, b, pred)
+        np.add.at(self.counts, (pos, b), 1.0)
+        np.add.at(self.accepted, (pos, b), a)
+        np.add.at(self.score_sums, (pos, b), s)
+        np.add.at(self.pred_sums, (pos, b), pred)
         self.n_pairs += int(s.size)
         self._dirty = True
 
@@ -133,13 +166,19 @@ class Calibration:
     # ------------------------------------------------------------------ use
     @property
     def p_accept(self) -> np.ndarray:
+        """Fitted P(accept) per (position, bin) — [n_positions, n_bins]."""
         if self._dirty:
             self._refit()
         return self._p
 
-    def __call__(self, scores) -> np.ndarray:
-        """Calibrated P(accept) for each score (monotone, piecewise linear between bin centres)."""
-        return np.interp(np.asarray(scores, dtype=np.float64), self.centers, self.p_accept)
+    def __call__(self, scores, positions=None) -> np.ndarray:
+        """Calibrated P(accept) for each score (at ``positions``, default 0): monotone in the score,
+        piecewise linear between bin centres (looked up at 1/1024 resolution)."""
+        if self._dirty:
+            self._refit()
+        s = np.asarray(scores, dtype=np.float64)
+        idx = np.rint(np.clip(s, 0.0, 1.0) * self.TABLE).astype(np.int64)
+        return self._table[self._positions(positions, s.shape), idx]
 
     # ------------------------------------------------------------------ error
     def _observed(self) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +205,7 @@ class Calibration:
     def summary(self) -> dict:
         def r(x):
             return None if not np.isfinite(x) else round(float(x), 5)
-        return {"n_pairs": int(self.n_pairs), "n_bins": int(len(self.centers)),
+        return {"n_pairs": int(self.n_pairs), "n_bins": int(len(self.centers)), "n_positions": self.n_positions,
                 "ece": r(self.ece), "ece_raw": r(self.ece_raw), "ece_prequential": r(self.ece_prequential)}
 
     # ------------------------------------------------------------------ persistence
@@ -183,12 +222,15 @@ class Calibration:
     def from_arrays(cls, z) -> "Calibration":
         edges = np.asarray(z["bin_edges"], np.float64)
         n = len(edges) - 1
-        cal = cls(n_bins=n, prior=np.asarray(z["prior_p"], np.float64), prior_strength=float(z["prior_strength"]))
+        counts = np.asarray(z["counts"], np.float64)
+        n_pos = counts.shape[0] if counts.ndim == 2 else 1
+        cal = cls(n_bins=n, prior=np.asarray(z["prior_p"], np.float64), prior_strength=float(z["prior_strength"]),
+                  n_positions=n_pos)
         if not np.allclose(edges, cal.bin_edges):
             raise CalibrationError("calibration bin edges are not uniform on [0, 1]")
         for name in ("counts", "accepted", "score_sums", "pred_sums"):
-            arr = np.asarray(z[name], np.float64)
-            if arr.shape != (n,) or not np.all(np.isfinite(arr)) or (arr < 0).any():
+            arr = np.asarray(z[name], np.float64).reshape(-1, n) if np.size(z[name]) % n == 0 else None
+            if arr is None or arr.shape != (n_pos, n) or not np.all(np.isfinite(arr)) or (arr < 0).any():
                 raise CalibrationError(f"calibration field {name!r} is malformed")
             setattr(cal, name, arr.copy())
         if (cal.accepted > cal.counts + 1e-9).any():

@@ -26,53 +26,66 @@ import numpy as np
 
 @dataclass
 class _Posterior:
+    cls: object = None
     hits: float = 0.0
     misses: float = 0.0
 
 
 class AcceptanceHistory:
+    """Per-request acceptance posteriors, with priors per request class.
+
+    A request's class is what is known about it before any draft is verified
+    (the vLLM adapter uses its sampling temperature: a greedy request accepts
+    a prompt-lookup draft whenever the draft is the argmax, a sampled one only
+    with the target's probability of that token). Each class keeps its own
+    engine-wide rate, which is the prior of its new requests.
+    """
+
     def __init__(self, prior_rate: float = 0.5, prior_strength: float = 2.0, decay: float = 0.95,
-                 global_decay: float = 0.999):
+                 global_decay: float = 0.99):
         if not 0 < prior_rate < 1 or prior_strength <= 0 or not 0 < decay <= 1:
             raise ValueError("AcceptanceHistory: prior_rate in (0,1), prior_strength > 0, decay in (0,1]")
+        self.prior_rate = prior_rate
         self.prior_strength = prior_strength
         self.decay = decay
         self.global_decay = global_decay
-        self._g_hits = prior_rate * 10.0
-        self._g_obs = 10.0
+        self._classes: dict[object, list[float]] = {}
         self._reqs: dict[str, _Posterior] = {}
 
-    @property
-    def global_rate(self) -> float:
-        return self._g_hits / self._g_obs
+    def global_rate(self, cls: object = None) -> float:
+        g = self._classes.get(cls)
+        return self.prior_rate if g is None else g[0] / g[1]
 
-    def rate(self, req_id: str) -> float:
+    def rate(self, req_id: str, cls: object = None) -> float:
         p = self._reqs.get(req_id)
-        g = self.global_rate
         if p is None:
-            return g
-        a = self.prior_strength * g + p.hits
-        return a / (self.prior_strength + p.hits + p.misses)
+            return self.global_rate(cls)
+        g = self.global_rate(p.cls)
+        return (self.prior_strength * g + p.hits) / (self.prior_strength + p.hits + p.misses)
 
-    def observe(self, req_id: str, hits: int, misses: int) -> None:
+    def observe(self, req_id: str, hits: int, misses: int, cls: object = None) -> None:
         """``hits`` drafts accepted in a row, then ``misses`` (0 or 1) rejected: one verification."""
         if hits == 0 and misses == 0:
             return
-        p = self._reqs.setdefault(req_id, _Posterior())
+        p = self._reqs.get(req_id)
+        if p is None:
+            p = self._reqs[req_id] = _Posterior(cls=cls)
         n = hits + misses
         keep = self.decay ** n
         p.hits = p.hits * keep + hits
         p.misses = p.misses * keep + misses
+        g = self._classes.setdefault(p.cls, [self.prior_rate * 10.0, 10.0])
         gk = self.global_decay ** n
-        self._g_hits = self._g_hits * gk + hits
-        self._g_obs = self._g_obs * gk + n
+        g[0] = g[0] * gk + hits
+        g[1] = g[1] * gk + n
 
     def forget(self, req_id: str) -> None:
         self._reqs.pop(req_id, None)
 
-    def scores(self, req_ids: list[str], k_max: int, n_avail: np.ndarray) -> np.ndarray:
+    def scores(self, req_ids: list[str], k_max: int, n_avail: np.ndarray, classes: list | None = None) -> np.ndarray:
         """Raw cumulative confidence [len(req_ids), k_max]; NaN past each request's drafts."""
-        rates = np.array([self.rate(r) for r in req_ids], dtype=np.float64)
+        cls = classes if classes is not None else [None] * len(req_ids)
+        rates = np.array([self.rate(r, c) for r, c in zip(req_ids, cls)], dtype=np.float64)
         depth = np.arange(1, k_max + 1, dtype=np.float64)
         out = rates[:, None] ** depth[None, :]
         out[np.arange(k_max)[None, :] >= np.asarray(n_avail)[:, None]] = np.nan

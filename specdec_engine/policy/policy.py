@@ -62,21 +62,67 @@ class PolicyStats:
         return dict(self.__dict__)
 
 
+class StepTimeFit:
+    """Online fit of ``measured step = scale * predicted forward + overhead`` (exponentially weighted).
+
+    The profile times the forward alone, in an idle worker. A serving step
+    adds a roughly constant cost (scheduling, sampling, drafting, IPC) and, on
+    a busy host, runs the forward slower by a factor. Both are read from the
+    engine's own measured step times: a weighted least-squares line over
+    (predicted forward, measured step) pairs, forgetting with ``decay`` per
+    step. Until the predicted forwards have spread (the batch has varied), only
+    the overhead is learned and the scale stays 1. The scale is kept within
+    [0.5, 4] and the overhead at or above 0.
+    """
+
+    def __init__(self, decay: float = 0.01, min_steps: int = 16):
+        self.decay = decay
+        self.min_steps = min_steps
+        self.n = 0
+        self._w = self._x = self._y = self._xx = self._xy = 0.0
+
+    def add(self, predicted_ms: float, measured_ms: float) -> None:
+        keep = 1.0 - self.decay
+        self._w = self._w * keep + 1.0
+        self._x = self._x * keep + predicted_ms
+        self._y = self._y * keep + measured_ms
+        self._xx = self._xx * keep + predicted_ms * predicted_ms
+        self._xy = self._xy * keep + predicted_ms * measured_ms
+        self.n += 1
+
+    def solve(self) -> tuple[float, float]:
+        if self.n == 0:
+            return 1.0, 0.0
+        mx, my = self._x / self._w, self._y / self._w
+        var = self._xx / self._w - mx * mx
+        scale = 1.0
+        if self.n >= self.min_steps and var > (0.05 * mx) ** 2:
+            scale = min(4.0, max(0.5, (self._xy / self._w - mx * my) / var))
+        overhead = max(0.0, my - scale * mx)
+        return scale, overhead
+
+
 class TileSpecPolicy:
     def __init__(self, latency: LatencyModel, k_max: int, calibration: Calibration | None = None,
                  fallback: FallbackConfig | None = None, draft_cost_ms: float | list[float] = 0.0,
                  token_padding: list[int] | None = None, min_gain: float = 0.0,
-                 learn_overhead: bool = False, overhead_decay: float = 0.05):
+                 learn_overhead: bool = False, overhead_decay: float = 0.01, n_groups: int = 1):
         self.k_max = int(k_max)
+        # Requests fall into ``n_groups`` groups known before any draft is verified (the vLLM adapter:
+        # greedy or a temperature bucket). Each (group, draft position) has its own calibration map,
+        # all shrunk toward the pooled one: the same score means different things in different groups.
+        self.n_groups = int(n_groups)
         self.latency = latency
-        self.calibration = calibration or Calibration()
+        self.calibration = calibration or Calibration(n_positions=self.k_max * self.n_groups)
+        if self.calibration.n_positions not in (1, self.k_max * self.n_groups):
+            raise ValueError(f"calibration has {self.calibration.n_positions} position maps, expected "
+                             f"k_max x n_groups = {self.k_max * self.n_groups}")
         self.selector = KSelector(latency, k_max, draft_cost_ms=draft_cost_ms,
                                   token_padding=token_padding, min_gain=min_gain)
         self.fallback = FallbackController(fallback or FallbackConfig())
         self.rates = RateTracker()
         self.learn_overhead = learn_overhead
-        self._overhead_decay = overhead_decay
-        self._overhead_n = 0
+        self.step_time_fit = StepTimeFit(decay=overhead_decay)
         self.stats = PolicyStats(self.k_max)
         self._last_gain: float | None = None
         self._last_predicted_ms: float | None = None
@@ -87,18 +133,18 @@ class TileSpecPolicy:
         self.selector.latency = latency
 
     def plan(self, raw_cum_conf: np.ndarray, n_avail: np.ndarray | None = None,
-             extra_tokens: int = 0, extra_seqs: int = 0) -> StepPlan:
+             extra_tokens: int = 0, extra_seqs: int = 0, groups: np.ndarray | None = None) -> StepPlan:
         raw = np.asarray(raw_cum_conf, dtype=np.float64)
         B = raw.shape[0]
         state = self.fallback.state
         self.stats.steps += 1
         self._last_predicted_ms = None
-        if B == 0:  # decode requests, but no drafts: nothing to verify, no gain this step
-            self._last_gain = 1.0
+        if B == 0:  # decode requests, but no drafts: nothing to verify, and no evidence either way
+            self._last_gain = None
             self.stats.steps_spec_off += 1
             return StepPlan(np.zeros(0, np.int64), state, None)
         self._last_predicted_ms = self.selector.verify_ms(B + extra_seqs, extra_tokens + B)
-        cal = np.where(np.isnan(raw), np.nan, self.calibration(np.nan_to_num(raw)))
+        cal = np.where(np.isnan(raw), np.nan, self.calibration(np.nan_to_num(raw), self._positions(raw.shape, groups)))
         if not self.fallback.speculate:
             # shadow plan: nothing is verified, but the predicted gain lets the fallback resume
             self._last_gain = None
@@ -117,6 +163,14 @@ class TileSpecPolicy:
         self._last_predicted_ms = sel.predicted_ms
         self._count_k(sel.k)
         return StepPlan(sel.k, state, sel)
+
+    def _positions(self, shape, groups: np.ndarray | None) -> np.ndarray:
+        """Calibration map index of each (row, draft position): group * k_max + position."""
+        pos = np.broadcast_to(np.arange(shape[1]), shape)
+        if groups is None or self.n_groups == 1:
+            return pos
+        g = np.clip(np.asarray(groups, dtype=np.int64), 0, self.n_groups - 1)
+        return pos + (g * self.k_max)[:, None]
 
     def _probe_rows(self, raw: np.ndarray) -> np.ndarray:
         """While probing, force a first draft on the ``probe_requests`` most confident requests.
@@ -139,7 +193,8 @@ class TileSpecPolicy:
         if not k.any():
             self.stats.steps_spec_off += 1
 
-    def learn(self, raw_cum_conf: np.ndarray, k: np.ndarray, num_accepted: np.ndarray) -> None:
+    def learn(self, raw_cum_conf: np.ndarray, k: np.ndarray, num_accepted: np.ndarray,
+              groups: np.ndarray | None = None) -> None:
         """Account the outcome of a step planned by :meth:`plan`.
 
         ``num_accepted[r]`` (<= k[r]) drafts of request r were accepted.
@@ -154,8 +209,9 @@ class TileSpecPolicy:
             verified = pos < k[:, None]
             scores = raw[verified]
             outcome = (pos < acc[:, None])[verified]
+            positions = self._positions(raw.shape, groups)[verified]
             ok = ~np.isnan(scores)
-            self.calibration.update(scores[ok], outcome[ok])
+            self.calibration.update(scores[ok], outcome[ok], positions[ok])
             s = self.stats
             s.drafts += int((k > 0).sum())
             s.draft_tokens += drafted
@@ -165,6 +221,15 @@ class TileSpecPolicy:
                 s.accepted_per_pos[i] += c
         self.fallback.observe(self._last_gain, int((k > 0).sum()), int((acc > 0).sum()))
         self._last_gain = None
+
+    def learn_shadow(self, scores, hits, groups=None) -> None:
+        """Outcomes of first drafts that were compared but not verified (K=0 requests): position 0."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.size == 0:
+            return
+        g = np.zeros(scores.shape, np.int64) if groups is None or self.n_groups == 1 else \
+            np.clip(np.asarray(groups, dtype=np.int64), 0, self.n_groups - 1)
+        self.calibration.update(scores, hits, g * self.k_max)
 
     def observe_step_time(self, measured_ms: float) -> None:
         """The engine's measured time of the last planned step (compared with the prediction).
@@ -179,11 +244,10 @@ class TileSpecPolicy:
         self.stats.timed_predicted_ms += self._last_predicted_ms
         self.stats.timed_measured_ms += float(measured_ms)
         if self.learn_overhead:
-            forward = self._last_predicted_ms - self.selector.overhead_ms
-            resid = max(0.0, float(measured_ms) - forward)
-            self._overhead_n += 1
-            w = max(self._overhead_decay, 1.0 / self._overhead_n)
-            self.selector.overhead_ms += w * (resid - self.selector.overhead_ms)
+            sel = self.selector
+            forward = (self._last_predicted_ms - sel.overhead_ms) / sel.scale
+            self.step_time_fit.add(forward, float(measured_ms))
+            sel.scale, sel.overhead_ms = self.step_time_fit.solve()
         self._last_predicted_ms = None
 
     def take_stats(self) -> PolicyStats:

@@ -102,10 +102,12 @@ class KSelector:
             raise ValueError("draft_cost_ms must be >= 0")
         self._padding = None if not token_padding else np.array(sorted(set(int(t) for t in token_padding)))
         self.min_gain = float(min_gain)
-        # per-step cost outside the verify forward (scheduling, sampling, drafting, IPC), learned online
-        # by the policy from measured step times; it makes every plan's time longer by the same amount,
-        # which makes verifying extra tokens relatively cheaper when it is large.
+        # measured step = scale * profiled forward + overhead, learned online by the policy from
+        # measured step times (see TileSpecPolicy.observe_step_time): the overhead is what happens
+        # outside the forward (scheduling, sampling, drafting, IPC), the scale what the profile missed
+        # (a server's own processes competing for the same cores, other context lengths).
         self.overhead_ms = 0.0
+        self.scale = 1.0
 
     def _latency(self, seqs: int, tokens: np.ndarray) -> np.ndarray:
         if self._padding is not None:
@@ -113,7 +115,9 @@ class KSelector:
             tokens = np.where(idx < len(self._padding), self._padding[np.minimum(idx, len(self._padding) - 1)], tokens)
         cur = self.latency.curve(seqs, int(tokens[-1]) if self._padding is None else int(tokens.max()))
         out = cur[tokens]
-        return out + self.overhead_ms if self.overhead_ms else out
+        if self.scale != 1.0 or self.overhead_ms:
+            out = out * self.scale + self.overhead_ms
+        return out
 
     def verify_ms(self, seqs: int, tokens: int) -> float:
         """Predicted time of a step of ``tokens`` tokens over ``seqs`` sequences (overhead included)."""

@@ -36,7 +36,8 @@ class FallbackOptions(BaseModel):
     patience_steps: int = Field(32, ge=1)
     probe_interval_steps: int = Field(200, ge=1)
     probe_max_interval_steps: int = Field(3200, ge=1)
-    probe_steps: int = Field(16, ge=1)
+    probe_min_drafts: int = Field(16, ge=1)
+    probe_max_steps: int = Field(128, ge=1)
     probe_requests: int = Field(8, ge=1)
     resume_steps: int = Field(4, ge=1)
     hysteresis: float = Field(0.05, ge=0, le=1)
@@ -67,6 +68,7 @@ class TileSpecConfig(BaseModel):
     calibration_save_interval_s: float = Field(60.0, gt=0)
     learn_overhead: bool = Field(True, description="learn the per-step cost outside the forward online")
     enabled: bool = Field(True, description="false: verify every draft (vLLM's behaviour), keep metrics")
+    k0_fast_path: bool = Field(True, description="steps that verify no draft skip vLLM's speculative sampling path")
     fallback: FallbackOptions = Field(default_factory=FallbackOptions)
 
     @field_validator("profile_batch_sizes")

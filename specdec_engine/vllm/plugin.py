@@ -11,7 +11,11 @@ wrappers (checked by :mod:`compat`):
   to every process) and select :class:`TileSpecScheduler` as ``scheduler_cls``;
   any other method passes through untouched;
 - ``Executor.compile_or_warm_up_model``: after vLLM's own warmup, profile (or
-  load) the latency model, for tilespec engines only.
+  load) the latency model, for tilespec engines only;
+- ``GPUModelRunner._prepare_inputs`` / ``sample_tokens`` (worker) and
+  ``EngineCore.post_step``: the lean path of ``fast_path.py`` (no rejection
+  sampler on steps without drafts; drafts returned with the step's output
+  instead of by a second RPC), tilespec engines with prompt lookup only.
 
 On an unsupported vLLM it installs nothing and a tilespec config fails with a
 message naming the version and what is missing.
@@ -111,8 +115,13 @@ def register() -> None:
         except Exception:  # noqa: BLE001
             pass
         return
-    from . import warmup
+    from . import fast_path, warmup
 
     compat.install_patch("create_speculative_config", _wrap_create_speculative_config)
     compat.install_patch("executor.compile_or_warm_up_model", warmup.make_warmup_wrapper)
+    if not compat.check({"runner._prepare_inputs", "runner.sample_tokens", "runner.take_draft_token_ids",
+                         "engine_core.post_step"}):
+        compat.install_patch("runner._prepare_inputs", fast_path.make_prepare_inputs_wrapper)
+        compat.install_patch("runner.sample_tokens", fast_path.make_sample_tokens_wrapper)
+        compat.install_patch("engine_core.post_step", fast_path.make_post_step_wrapper)
     compat.extend_scheduler_stats()

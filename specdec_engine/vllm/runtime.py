@@ -47,12 +47,21 @@ class EngineRuntime:
     _last_cal_save: float = field(default_factory=time.monotonic)
 
     def make_policy(self) -> TileSpecPolicy | None:
+        from .scheduler import REQUEST_GROUPS
+
         if self.latency is None:
             return None
+        n_maps = self.k_max * len(REQUEST_GROUPS)
+        if self.calibration is not None and self.calibration.n_positions != n_maps:
+            logger.info("TileSpec: cached calibration has %d maps, this engine needs %d (K_max %d x %d request "
+                        "groups); starting a new one", self.calibration.n_positions, n_maps, self.k_max,
+                        len(REQUEST_GROUPS))
+            self.calibration = None
         if self.calibration is None:
-            self.calibration = Calibration(n_bins=self.cfg.calibration_bins)
+            self.calibration = Calibration(n_bins=self.cfg.calibration_bins, n_positions=n_maps)
         return TileSpecPolicy(self.latency, self.k_max, calibration=self.calibration,
-                              fallback=self.cfg.fallback.to_core(), learn_overhead=self.cfg.learn_overhead)
+                              fallback=self.cfg.fallback.to_core(), learn_overhead=self.cfg.learn_overhead,
+                              n_groups=len(REQUEST_GROUPS))
 
     def maybe_save_calibration(self, force: bool = False) -> None:
         """Persist the online calibration every ``calibration_save_interval_s`` (atomic; never raises)."""

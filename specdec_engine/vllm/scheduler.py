@@ -25,16 +25,36 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 
 import numpy as np
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from ..policy import AcceptanceHistory, SpecState
-from . import compat
+from . import compat, fast_path
 from .runtime import runtime_for
 
 logger = logging.getLogger("specdec_engine.vllm")
+_DEBUG = os.environ.get("SPECDEC_DEBUG", "") not in ("", "0")
+
+
+REQUEST_GROUPS = ("greedy", "temperature<=0.5", "temperature<=1.0", "temperature>1.0")
+
+
+def request_group(request) -> int:
+    """What is known about a request before its drafts are verified: greedy, or its temperature bucket.
+
+    A greedy request accepts a prompt-lookup draft whenever it is the argmax;
+    a sampled one only with the target's probability of that token (measured
+    here: ~1% at temperature 1.0 vs ~50% greedy on the code-editing workload).
+    Each group has its own acceptance prior and calibration maps.
+    """
+    sp = getattr(request, "sampling_params", None)
+    t = float(getattr(sp, "temperature", 0.0) or 0.0) if sp is not None else 0.0
+    if t < 1e-5:
+        return 0
+    return 1 if t <= 0.5 else 2 if t <= 1.0 else 3
 
 
 class TileSpecScheduler(Scheduler):
@@ -55,12 +75,13 @@ class TileSpecScheduler(Scheduler):
                     logger.warning("TileSpec: no latency model (warmup did not run); vLLM verifies every draft")
         self._k_max = int(self.vllm_config.speculative_config.num_speculative_tokens)
         self._history = AcceptanceHistory()
-        self._inflight: dict[str, tuple[np.ndarray, int, list[int]]] = {}
-        self._planned: list[tuple[str, np.ndarray, list[int]]] = []
+        self._inflight: dict[str, tuple] = {}   # rid -> (raw scores, K scheduled, full proposal, class)
+        self._planned: list[tuple] = []        # (rid, raw scores, full proposal, class) of this step
         self._t_step: float | None = None
         self._stats_ok = compat.extend_scheduler_stats()
         self._last_log = time.monotonic()
         self._unplanned = [0, 0, 0]  # drafts vLLM scheduled without us (resume padding): requests, tokens, accepted
+        self.drafts_arrived_with_output = False  # read (and reset) by the EngineCore.post_step wrapper
         if self._policy is not None:
             logger.info("TileSpec: scheduler active: base=%s, K_max=%d, latency model %s, calibration %d pairs",
                         self._rt.cfg.base, self._k_max, self._rt.key.dirname if self._rt.key else "in memory",
@@ -102,14 +123,20 @@ class TileSpecScheduler(Scheduler):
             max(0, min(len(r.spec_token_ids), r.max_tokens - r.num_output_tokens - 1,
                        self.max_model_len - r.num_tokens - 1)) for r in rows], dtype=np.int64)
         ids = [r.request_id for r in rows]
-        raw = self._history.scores(ids, self._k_max, n_avail) if rows else np.zeros((0, self._k_max))
+        classes = [request_group(r) for r in rows]
+        raw = self._history.scores(ids, self._k_max, n_avail, classes) if rows else np.zeros((0, self._k_max))
         extra_tokens, extra_seqs = self._prefill_estimate(len(decode))
         no_draft = len(decode) - len(rows)
-        plan = pol.plan(raw, n_avail, extra_tokens=extra_tokens + no_draft, extra_seqs=extra_seqs + no_draft)
-        for r, k, row in zip(rows, plan.k.tolist(), raw):
+        plan = pol.plan(raw, n_avail, extra_tokens=extra_tokens + no_draft, extra_seqs=extra_seqs + no_draft,
+                        groups=np.array(classes, dtype=np.int64))
+        if _DEBUG:
+            logger.info("TileSpec debug: state=%s decode=%d rows=%d avail=%d k=%d gain=%s prefill=%d/%d",
+                        plan.state.name, len(decode), len(rows), int(n_avail.sum()), int(plan.k.sum()),
+                        None if plan.selection is None else round(plan.selection.gain, 3), extra_tokens, extra_seqs)
+        for r, k, row, cls in zip(rows, plan.k.tolist(), raw, classes):
             proposal = list(r.spec_token_ids)
             r.spec_token_ids = proposal[:k]
-            self._planned.append((r.request_id, row, proposal))
+            self._planned.append((r.request_id, row, proposal, cls))
 
     def schedule(self, *args, **kwargs):
         t0 = time.perf_counter()
@@ -124,17 +151,16 @@ class TileSpecScheduler(Scheduler):
         if self._policy is not None:
             scheduled = out.scheduled_spec_decode_tokens
             self._inflight = {}
-            for rid, row, proposal in self._planned:
+            for rid, row, proposal, cls in self._planned:
                 if rid in out.num_scheduled_tokens:
-                    self._inflight[rid] = (row, len(scheduled.get(rid, ())), proposal)
+                    self._inflight[rid] = (row, len(scheduled.get(rid, ())), proposal, cls)
             for rid, toks in scheduled.items():
                 if rid not in self._inflight:  # vLLM's own padding of resumed requests ([-1] drafts)
                     self._unplanned[0] += 1
                     self._unplanned[1] += len(toks)
-                    self._inflight[rid] = (None, len(toks), [])
-            fb = self._policy.fallback
-            if fb.state == SpecState.OFF and not fb.off_for_gain:
-                out.num_spec_tokens_to_schedule = 0  # nothing will be verified: do not draft at all
+                    self._inflight[rid] = (None, len(toks), [], None)
+            if not self._policy.fallback.drafting_useful:
+                out.num_spec_tokens_to_schedule = 0  # off for lack of acceptance: do not draft at all
             self._t_step = t0
         return out
 
@@ -142,8 +168,8 @@ class TileSpecScheduler(Scheduler):
     def _learn(self, model_runner_output) -> None:
         index = model_runner_output.req_id_to_index
         sampled = model_runner_output.sampled_token_ids
-        rows, ks, accs, shadow_scores, shadow_hits = [], [], [], [], []
-        for rid, (row, k, proposal) in self._inflight.items():
+        rows, ks, accs, groups, shadow_scores, shadow_hits, shadow_groups = [], [], [], [], [], [], []
+        for rid, (row, k, proposal, cls) in self._inflight.items():
             i = index.get(rid)
             if i is None or not sampled or i >= len(sampled) or not sampled[i]:
                 continue
@@ -155,21 +181,22 @@ class TileSpecScheduler(Scheduler):
             rows.append(row)
             ks.append(k)
             accs.append(acc)
+            groups.append(cls)
             if acc < k:
-                self._history.observe(rid, acc, 1)
+                self._history.observe(rid, acc, 1, cls)
             elif len(proposal) > k and len(gen) > k:
                 hit = int(proposal[k] == gen[k])
-                self._history.observe(rid, acc + hit, 1 - hit)
+                self._history.observe(rid, acc + hit, 1 - hit, cls)
                 if k == 0 and not np.isnan(row[0]):
                     shadow_scores.append(row[0])
                     shadow_hits.append(hit)
+                    shadow_groups.append(cls)
             else:
-                self._history.observe(rid, acc, 0)
+                self._history.observe(rid, acc, 0, cls)
         K = self._k_max
         self._policy.learn(np.array(rows).reshape(-1, K), np.array(ks, dtype=np.int64),
-                           np.array(accs, dtype=np.int64))
-        if shadow_scores:
-            self._policy.calibration.update(shadow_scores, shadow_hits)
+                           np.array(accs, dtype=np.int64), np.array(groups, dtype=np.int64))
+        self._policy.learn_shadow(shadow_scores, shadow_hits, shadow_groups)
 
     def update_from_output(self, scheduler_output, model_runner_output):
         if self._policy is not None and self._t_step is not None:
@@ -177,6 +204,11 @@ class TileSpecScheduler(Scheduler):
             try:
                 before = self._policy.fallback.transitions
                 self._learn(model_runner_output)
+                if _DEBUG:
+                    logger.info("TileSpec debug: step tokens=%d predicted=%s measured=%.2f",
+                                scheduler_output.total_num_scheduled_tokens,
+                                None if self._policy._last_predicted_ms is None else
+                                round(self._policy._last_predicted_ms, 2), measured_ms)
                 self._policy.observe_step_time(measured_ms)
                 if self._policy.fallback.transitions != before:
                     fb = self._policy.fallback
@@ -189,6 +221,13 @@ class TileSpecScheduler(Scheduler):
             self._t_step = None
             self._inflight = {}
         result = super().update_from_output(scheduler_output, model_runner_output)
+        if hasattr(model_runner_output, fast_path.DRAFTS_ATTR):
+            # the worker sent the next step's drafts with this output (fast_path.py); apply them here,
+            # as EngineCore.post_step would after a separate RPC, and tell post_step to skip that RPC
+            drafts = getattr(model_runner_output, fast_path.DRAFTS_ATTR)
+            if drafts is not None:
+                self.update_draft_token_ids(drafts)
+            self.drafts_arrived_with_output = True
         if self._policy is not None:
             self._rt.maybe_save_calibration()
             self._maybe_log()
@@ -202,9 +241,9 @@ class TileSpecScheduler(Scheduler):
         self._last_log = now
         p = self._policy
         logger.info("TileSpec: state=%s (%s), first-draft acceptance %.2f, calibration ECE %s over %d pairs, "
-                    "step overhead %.2f ms", p.fallback.state.name.lower(), p.fallback.last_reason,
+                    "step = %.2f x profiled forward + %.2f ms", p.fallback.state.name.lower(), p.fallback.last_reason,
                     p.fallback.acceptance, p.calibration.summary()["ece_prequential"], p.calibration.n_pairs,
-                    p.selector.overhead_ms)
+                    p.selector.scale, p.selector.overhead_ms)
 
     def make_stats(self, *args, **kwargs):
         stats = super().make_stats(*args, **kwargs)

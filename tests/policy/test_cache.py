@@ -79,7 +79,9 @@ def test_unwritable_root_degrades_to_memory(tmp_path, h100_model, caplog):
     with caplog.at_level(logging.WARNING):
         assert cache.save(KEY, h100_model) is None
         assert cache.save(KEY, h100_model) is None
-    assert caplog.text.count("not writable") == 1 and not cache.writable
+    # one warning per cache, not one per write (the same record may reach caplog by two routes once
+    # the vLLM plugin has routed specdec_engine's logs through vLLM's logger in this process)
+    assert len({id(r) for r in caplog.records if "not writable" in r.getMessage()}) == 1 and not cache.writable
 
 
 @pytest.mark.parametrize("model", ["../../../etc/passwd", "/abs/path/../../x", "..", "a/../../b", "~root"])

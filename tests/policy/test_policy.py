@@ -24,7 +24,8 @@ def test_plan_learn_counters_add_up(h100_model):
 
 def test_useless_drafts_switch_speculation_off_and_it_stays_cheap(h100_model):
     pol = TileSpecPolicy(h100_model, 8, calibration=Calibration(),
-                         fallback=FallbackConfig(min_dwell_steps=10, patience_steps=10, probe_interval_steps=100))
+                         fallback=FallbackConfig(min_dwell_steps=10, patience_steps=10, probe_interval_steps=100,
+                                                 window=32))
     raw = np.full((32, 8), 0.9) ** np.arange(1, 9)  # the drafter is sure of itself...
     for _ in range(300):
         plan = pol.plan(raw)

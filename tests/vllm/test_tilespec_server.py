@@ -26,7 +26,8 @@ def server(target_model, tmp_path_factory):
     cache = tmp_path_factory.mktemp("tilespec-cache")
     spec = {"method": "tilespec", "num_speculative_tokens": 4, "prompt_lookup_max": 4, "prompt_lookup_min": 1,
             "cache_dir": str(cache / "c"), "calibration_save_interval_s": 1, "profile_batch_sizes": [1, 2, 4, 8, 16],
-            "fallback": {"min_dwell_steps": 16, "patience_steps": 16, "window": 32, "probe_interval_steps": 400}}
+            "fallback": {"min_dwell_steps": 16, "patience_steps": 16, "window": 32, "probe_interval_steps": 400,
+                         "accept_floor": 0.2}}
     log = tmp_path_factory.mktemp("logs") / "serve.log"
     with VLLMServer(target_model, speculative_config=spec, log_path=log) as srv:
         srv.cache_root = cache / "c"

