@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VLLM_TARGET_DEVICE := cpu
 
-.PHONY: venv test demo models clean-venv
+.PHONY: venv test demo sim-demo models clean-venv
 
 venv:
 	@bash scripts/bootstrap_venv.sh
@@ -16,6 +16,10 @@ test: venv
 	$(PY) -m pytest -q tests
 
 demo: venv
+	$(VENV)/bin/specdec tiny-model --draft --wide
+	$(PY) benchmarks/vllm_e2e.py --quick --out benchmarks/results/demo_vllm_e2e
+
+sim-demo: venv
 	$(PY) benchmarks/goodput_sim.py --latency-csv benchmarks/data/h100_llama8b_4layer_verify_latency.csv \
 	    --batch-col B --tokens-col N --latency-col graph_full_fa_ms --steps 2000 \
 	    --json benchmarks/results/demo_goodput_h100.json

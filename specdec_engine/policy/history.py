@@ -79,6 +79,21 @@ class AcceptanceHistory:
         g[0] = g[0] * gk + hits
         g[1] = g[1] * gk + n
 
+    def export_priors(self) -> dict:
+        """The per-class engine-wide rates (JSON-able), to persist with the calibration."""
+        return {str(c): [round(h, 6), round(n, 6)] for c, (h, n) in self._classes.items()}
+
+    def import_priors(self, priors: dict, cast=int) -> None:
+        """Restore :meth:`export_priors` output (malformed entries are ignored)."""
+        for key, val in (priors or {}).items():
+            try:
+                hits, obs = float(val[0]), float(val[1])
+                cls = cast(key) if key != "None" else None
+            except (TypeError, ValueError, IndexError):
+                continue
+            if 0 <= hits <= obs and obs > 0:
+                self._classes[cls] = [hits, obs]
+
     def forget(self, req_id: str) -> None:
         self._reqs.pop(req_id, None)
 

@@ -10,7 +10,7 @@ order, so the best plan for a total n is simply the top n of one ranking.
 The selector evaluates *every* feasible total n (not only multiples of a
 common K) and keeps the one with the highest
 
-    (B + expected accepted) / (L(B + extra_seqs, extra_tokens + B + n) + drafter cost)
+    (B + extra outputs + expected accepted) / (L(B + extra_seqs, extra_tokens + B + n) + drafter cost)
 
 so when the latency table has a jump (a cuBLAS tile or wave boundary) it
 stops on the cheap side of it, and requests whose drafts are unlikely to be
@@ -51,21 +51,25 @@ class Selection:
         return self.goodput / self.baseline_goodput if self.baseline_goodput > 0 else 1.0
 
 
-RANK_LEVELS = 65533  # ranking resolution: probabilities closer than 1/65533 rank by request order
+ONE_BITS = 0x3F800000   # IEEE-754 bits of float32 1.0
+RANK_SHIFT = 14          # keep 9 mantissa bits: probabilities within ~0.2% rank by request order
 
 
 def rank_keys(flat_cum_p: np.ndarray) -> np.ndarray:
-    """Integer sort keys: 1 + round((1 - p) * RANK_LEVELS) in float32, 65535 for missing drafts.
+    """Integer sort keys from the float32 bits of p: 1 + ((bits(1.0) - bits(p)) >> 14); 65535 if missing.
 
-    Ranking on 16-bit keys lets numpy use a radix sort (3x faster than a
-    float sort at B*K=2048) and gives the GPU selector (``specdec_kernels``)
-    a definition it can reproduce bit for bit: ties break by flat index,
-    i.e. request-major, position-minor, which keeps each request's drafts in
-    prefix order. Key 0 is reserved for forced (exploration) drafts.
+    For p in [0, 1] the IEEE bit pattern grows with p, so the key falls as p
+    rises, with ~0.2% relative resolution. Ranking on 16-bit keys lets numpy
+    use a radix sort (3x faster than a float sort at B*K=2048), and integer
+    operations give the GPU selector (``specdec_kernels``) a definition it
+    reproduces bit for bit, whatever the compiler fuses. Ties break by flat
+    index, i.e. request-major, position-minor, which keeps each request's
+    drafts in prefix order. Key 0 is reserved for forced (exploration) drafts.
     """
-    p32 = flat_cum_p.astype(np.float32)
-    key = np.rint((np.float32(1.0) - np.clip(p32, 0.0, 1.0)) * np.float32(RANK_LEVELS)).astype(np.uint16) + 1
-    key[p32 < 0] = 65535
+    p32 = np.clip(flat_cum_p, 0.0, 1.0).astype(np.float32)
+    key = ((ONE_BITS - p32.view(np.int32)) >> RANK_SHIFT) + 1
+    key = key.astype(np.uint16)
+    key[flat_cum_p < 0] = 65535
     return key
 
 
@@ -102,12 +106,12 @@ class KSelector:
             raise ValueError("draft_cost_ms must be >= 0")
         self._padding = None if not token_padding else np.array(sorted(set(int(t) for t in token_padding)))
         self.min_gain = float(min_gain)
-        # measured step = scale * profiled forward + overhead, learned online by the policy from
-        # measured step times (see TileSpecPolicy.observe_step_time): the overhead is what happens
-        # outside the forward (scheduling, sampling, drafting, IPC), the scale what the profile missed
-        # (a server's own processes competing for the same cores, other context lengths).
+        # measured step = profiled forward + overhead + per_draft * drafts, learned online by the policy
+        # (TileSpecPolicy.observe_step_time): the overhead is what happens outside the forward (scheduling,
+        # sampling, drafting, IPC); per_draft what each verified draft costs beyond its share of the
+        # profiled forward (rejection sampling, bookkeeping, a busier host).
         self.overhead_ms = 0.0
-        self.scale = 1.0
+        self.per_draft_ms = 0.0
 
     def _latency(self, seqs: int, tokens: np.ndarray) -> np.ndarray:
         if self._padding is not None:
@@ -115,9 +119,16 @@ class KSelector:
             tokens = np.where(idx < len(self._padding), self._padding[np.minimum(idx, len(self._padding) - 1)], tokens)
         cur = self.latency.curve(seqs, int(tokens[-1]) if self._padding is None else int(tokens.max()))
         out = cur[tokens]
-        if self.scale != 1.0 or self.overhead_ms:
-            out = out * self.scale + self.overhead_ms
-        return out
+        return out + self.overhead_ms if self.overhead_ms else out
+
+    def latency_table(self, seqs: int, max_tokens: int, base: int = 0) -> np.ndarray:
+        """Predicted step time (ms) for every token total 0..max_tokens when ``base`` tokens are not drafts
+        (what the GPU selector reads: the per-draft cost is folded in above ``base``)."""
+        n = np.arange(int(max_tokens) + 1)
+        lat = self._latency(max(int(seqs), 1), n)
+        if self.per_draft_ms:
+            lat = lat + self.per_draft_ms * np.maximum(n - int(base), 0)
+        return lat
 
     def verify_ms(self, seqs: int, tokens: int) -> float:
         """Predicted time of a step of ``tokens`` tokens over ``seqs`` sequences (overhead included)."""
@@ -125,13 +136,17 @@ class KSelector:
 
     def select(self, cum_p: np.ndarray, n_avail: np.ndarray | None = None,
                extra_tokens: int = 0, extra_seqs: int = 0, force_rows: np.ndarray | None = None,
-               rate: float | None = None) -> Selection:
+               rate: float | None = None, extra_outputs: int = 0) -> Selection:
         """Choose K for each of the B decode requests in ``cum_p`` [B, k_max].
 
         ``cum_p[r, i]``: calibrated P(drafts 0..i of request r all accepted);
         NaN or negative marks a draft that does not exist. ``n_avail[r]``
         caps request r's drafts (e.g. near its max_tokens). ``extra_tokens``
-        and ``extra_seqs`` are the prefill chunks sharing the forward.
+        and ``extra_seqs`` are the other sequences sharing the forward (prefill
+        chunks, decode requests without drafts); ``extra_outputs`` the tokens
+        those produce anyway (one per decode request without drafts): they
+        count in every plan's expected output, so that gains are relative to
+        the whole step, not to the requests that happen to have drafts.
         ``force_rows`` (bool [B]) forces the first draft of those requests
         where it exists (exploration while the fallback probes).
 
@@ -169,12 +184,15 @@ class KSelector:
         m = int((flat >= 0).sum())
         order = np.argsort(key, kind="stable")[:m]
         probs = flat[order]
+        out0 = B + int(extra_outputs)
         expected = np.empty(m + 1)
-        expected[0] = B
+        expected[0] = out0
         np.cumsum(probs, out=expected[1:])
-        expected[1:] += B
+        expected[1:] += out0
         tokens = base + np.arange(m + 1)
         lat = self._latency(seqs, tokens)
+        if self.per_draft_ms:
+            lat = lat + self.per_draft_ms * np.arange(m + 1)
         if self._cost_by_k is None:
             total = lat.copy()
             total[1:] += self._cost
@@ -183,7 +201,7 @@ class KSelector:
             k = np.bincount(order[:best] // K, minlength=B).astype(np.int64)
             return Selection(k, int(tokens[best]), float(expected[best]), float(total[best]),
                              float(expected[best] / total[best]), float(expected[0] / total[0]))
-        return self._select_by_kmax(order, probs, K, B, tokens, lat, n_forced, rate)
+        return self._select_by_kmax(order, probs, K, B, tokens, lat, n_forced, rate, out0)
 
     @staticmethod
     def _score(expected: np.ndarray, total_ms: np.ndarray, rate: float | None) -> np.ndarray:
@@ -196,23 +214,23 @@ class KSelector:
             return n_forced
         return best
 
-    def _select_by_kmax(self, order, probs, K, B, tokens, lat, n_forced, rate) -> Selection:
+    def _select_by_kmax(self, order, probs, K, B, tokens, lat, n_forced, rate, out0) -> Selection:
         """Drafter cost depends on the longest draft: evaluate every cap on the longest K.
 
         For a cap kmax only candidates at positions < kmax count; they keep
         the global ranking's order, so each cap is one cumulative sum.
         """
         pos = order % K
-        good0 = B / float(lat[0])
+        good0 = out0 / float(lat[0])
         # (score, kmax, candidates taken from the ranking, ms, expected tokens); kmax 0 = no speculation
         best = None
         if n_forced == 0:
-            best = (float(self._score(np.array([float(B)]), lat[:1], rate)[0]), 0, 0, float(lat[0]), float(B))
+            best = (float(self._score(np.array([float(out0)]), lat[:1], rate)[0]), 0, 0, float(lat[0]), float(out0))
         for kmax in range(1, K + 1):
             idx = np.flatnonzero(pos < kmax)
             if idx.size < max(n_forced, 1):
                 continue
-            exp_k = B + np.cumsum(probs[idx])
+            exp_k = out0 + np.cumsum(probs[idx])
             tot = lat[1:idx.size + 1] + self._cost_by_k[kmax]
             score = self._score(exp_k, tot, rate)
             lo = max(n_forced - 1, 0)
@@ -221,7 +239,7 @@ class KSelector:
                 best = (float(score[j]), kmax, int(idx[j]) + 1, float(tot[j]), float(exp_k[j]))
         _, kmax, upto, ms, exp = best
         if kmax == 0 or (self.min_gain > 0 and n_forced == 0 and exp / ms < good0 * (1.0 + self.min_gain)):
-            return Selection(np.zeros(B, np.int64), int(tokens[0]), float(B), float(lat[0]), good0, good0)
+            return Selection(np.zeros(B, np.int64), int(tokens[0]), float(out0), float(lat[0]), good0, good0)
         chosen = order[:upto][pos[:upto] < kmax]
         k = np.bincount(chosen // K, minlength=B).astype(np.int64)
         return Selection(k, int(tokens[0] + len(chosen)), exp, ms, exp / ms, good0)

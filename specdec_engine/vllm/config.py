@@ -67,6 +67,9 @@ class TileSpecConfig(BaseModel):
     calibration_bins: int = Field(20, ge=2, le=1000)
     calibration_save_interval_s: float = Field(60.0, gt=0)
     learn_overhead: bool = Field(True, description="learn the per-step cost outside the forward online")
+    min_step_gain: float = Field(0.05, ge=0, le=1, description=(
+        "verify drafts in a step only if the plan's predicted goodput beats no speculation by this margin "
+        "(a guard against model error where the gain would be marginal)"))
     enabled: bool = Field(True, description="false: verify every draft (vLLM's behaviour), keep metrics")
     k0_fast_path: bool = Field(True, description="steps that verify no draft skip vLLM's speculative sampling path")
     fallback: FallbackOptions = Field(default_factory=FallbackOptions)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..cache import CacheKey, ProfileCache
-from ..policy import Calibration, LatencyModel, TileSpecPolicy
+from ..policy import AcceptanceHistory, Calibration, LatencyModel, TileSpecPolicy
 from .config import TileSpecConfig
 
 logger = logging.getLogger("specdec_engine.vllm")
@@ -43,6 +43,7 @@ class EngineRuntime:
     latency: LatencyModel | None = None
     calibration: Calibration | None = None
     profile_info: dict = field(default_factory=dict)
+    history: AcceptanceHistory = field(default_factory=AcceptanceHistory)
     disabled_reason: str | None = None
     _last_cal_save: float = field(default_factory=time.monotonic)
 
@@ -61,7 +62,7 @@ class EngineRuntime:
             self.calibration = Calibration(n_bins=self.cfg.calibration_bins, n_positions=n_maps)
         return TileSpecPolicy(self.latency, self.k_max, calibration=self.calibration,
                               fallback=self.cfg.fallback.to_core(), learn_overhead=self.cfg.learn_overhead,
-                              n_groups=len(REQUEST_GROUPS))
+                              n_groups=len(REQUEST_GROUPS), min_gain=self.cfg.min_step_gain)
 
     def maybe_save_calibration(self, force: bool = False) -> None:
         """Persist the online calibration every ``calibration_save_interval_s`` (atomic; never raises)."""
@@ -73,12 +74,14 @@ class EngineRuntime:
         self._last_cal_save = now
         if self.calibration.n_pairs == 0:
             return
+        extra = {"history_priors": self.history.export_priors()}
         try:
             if not self.cache.path_for(self.key).joinpath("meta.json").exists():
                 # the cache dir vanished (deleted volume): write the whole profile again, not half of it
-                self.cache.save(self.key, self.latency, self.calibration, extra_meta=self.profile_info, plots=False)
+                self.cache.save(self.key, self.latency, self.calibration, extra_meta={**self.profile_info, **extra},
+                                plots=False)
             else:
-                self.cache.save(self.key, calibration=self.calibration, plots=force)
+                self.cache.save(self.key, calibration=self.calibration, extra_meta=extra, plots=force)
         except Exception as err:  # noqa: BLE001 - persistence must never hurt serving
             logger.warning("TileSpec: could not save calibration: %s", err)
 

@@ -57,6 +57,12 @@ def request_group(request) -> int:
     return 1 if t <= 0.5 else 2 if t <= 1.0 else 3
 
 
+def _pure_decode(scheduler_output) -> bool:
+    """True if every scheduled request verifies 1 + its drafts (no prefill chunk): what the profile timed."""
+    spec = scheduler_output.scheduled_spec_decode_tokens
+    return all(n == 1 + len(spec.get(rid, ())) for rid, n in scheduler_output.num_scheduled_tokens.items())
+
+
 class TileSpecScheduler(Scheduler):
     LOG_INTERVAL_S = 30.0
 
@@ -74,7 +80,7 @@ class TileSpecScheduler(Scheduler):
                 if self._policy is None:
                     logger.warning("TileSpec: no latency model (warmup did not run); vLLM verifies every draft")
         self._k_max = int(self.vllm_config.speculative_config.num_speculative_tokens)
-        self._history = AcceptanceHistory()
+        self._history = self._rt.history if self._rt is not None else AcceptanceHistory()
         self._inflight: dict[str, tuple] = {}   # rid -> (raw scores, K scheduled, full proposal, class)
         self._planned: list[tuple] = []        # (rid, raw scores, full proposal, class) of this step
         self._t_step: float | None = None
@@ -128,11 +134,13 @@ class TileSpecScheduler(Scheduler):
         extra_tokens, extra_seqs = self._prefill_estimate(len(decode))
         no_draft = len(decode) - len(rows)
         plan = pol.plan(raw, n_avail, extra_tokens=extra_tokens + no_draft, extra_seqs=extra_seqs + no_draft,
-                        groups=np.array(classes, dtype=np.int64))
+                        groups=np.array(classes, dtype=np.int64), extra_outputs=no_draft)
         if _DEBUG:
-            logger.info("TileSpec debug: state=%s decode=%d rows=%d avail=%d k=%d gain=%s prefill=%d/%d",
+            logger.info("TileSpec debug: state=%s decode=%d rows=%d avail=%d k=%d gain=%s expected=%s prefill=%d/%d",
                         plan.state.name, len(decode), len(rows), int(n_avail.sum()), int(plan.k.sum()),
-                        None if plan.selection is None else round(plan.selection.gain, 3), extra_tokens, extra_seqs)
+                        None if plan.selection is None else round(plan.selection.gain, 3),
+                        None if plan.selection is None else round(plan.selection.expected_tokens, 2),
+                        extra_tokens, extra_seqs)
         for r, k, row, cls in zip(rows, plan.k.tolist(), raw, classes):
             proposal = list(r.spec_token_ids)
             r.spec_token_ids = proposal[:k]
@@ -205,11 +213,14 @@ class TileSpecScheduler(Scheduler):
                 before = self._policy.fallback.transitions
                 self._learn(model_runner_output)
                 if _DEBUG:
-                    logger.info("TileSpec debug: step tokens=%d predicted=%s measured=%.2f",
-                                scheduler_output.total_num_scheduled_tokens,
+                    sampled = model_runner_output.sampled_token_ids or []
+                    logger.info("TileSpec debug: step reqs=%d tokens=%d generated=%d predicted=%s measured=%.2f "
+                                "per_draft=%.2f overhead=%.2f", len(scheduler_output.num_scheduled_tokens),
+                                scheduler_output.total_num_scheduled_tokens, sum(len(x) for x in sampled),
                                 None if self._policy._last_predicted_ms is None else
-                                round(self._policy._last_predicted_ms, 2), measured_ms)
-                self._policy.observe_step_time(measured_ms)
+                                round(self._policy._last_predicted_ms, 2), measured_ms,
+                                self._policy.selector.per_draft_ms, self._policy.selector.overhead_ms)
+                self._policy.observe_step_time(measured_ms, fit=_pure_decode(scheduler_output))
                 if self._policy.fallback.transitions != before:
                     fb = self._policy.fallback
                     logger.info("TileSpec: speculation %s: %s", {SpecState.ON: "on", SpecState.OFF: "off",
@@ -241,9 +252,9 @@ class TileSpecScheduler(Scheduler):
         self._last_log = now
         p = self._policy
         logger.info("TileSpec: state=%s (%s), first-draft acceptance %.2f, calibration ECE %s over %d pairs, "
-                    "step = %.2f x profiled forward + %.2f ms", p.fallback.state.name.lower(), p.fallback.last_reason,
-                    p.fallback.acceptance, p.calibration.summary()["ece_prequential"], p.calibration.n_pairs,
-                    p.selector.scale, p.selector.overhead_ms)
+                    "step = profiled forward + %.2f ms + %.2f ms per draft", p.fallback.state.name.lower(),
+                    p.fallback.last_reason, p.fallback.acceptance, p.calibration.summary()["ece_prequential"],
+                    p.calibration.n_pairs, p.selector.overhead_ms, p.selector.per_draft_ms)
 
     def make_stats(self, *args, **kwargs):
         stats = super().make_stats(*args, **kwargs)

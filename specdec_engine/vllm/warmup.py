@@ -171,6 +171,7 @@ def run(executor) -> None:
         if entry is not None and _covers(entry.meta, batches, qs, cfg.profile_context_len):
             rt.latency, rt.calibration = entry.latency, entry.calibration
             rt.profile_info = {k: entry.meta[k] for k in ("grid", "profile") if k in entry.meta}
+            rt.history.import_priors(entry.meta.get("history_priors", {}))
             logger.info("TileSpec: already profiled, skipping warmup profiling (%s, %d points, calibration %s)",
                         entry.directory, len(entry.latency.latencies_ms),
                         "loaded" if entry.calibration is not None else "new")

@@ -15,6 +15,11 @@ def test_requests_learn_their_own_rate_and_new_ones_start_from_their_class():
     assert np.all(np.diff(s[0]) < 0) and np.isnan(s[1, 2:]).all()
     h.forget("copying")
     assert len(h) == 1
+    h2 = AcceptanceHistory(prior_rate=0.5)
+    h2.import_priors(h.export_priors(), cast=str)
+    assert abs(h2.global_rate("t<=1.00") - h.global_rate("t<=1.00")) < 1e-3
+    h2.import_priors({"x": "garbage", "y": [5, 2]}, cast=str)  # malformed entries are ignored
+    assert h2.global_rate("x") == 0.5 and h2.global_rate("y") == 0.5
 
 
 def test_position_calibration_learns_runs():
