@@ -74,9 +74,9 @@ if HAS_TRITON:
         end = tl.minimum(start + chunk, V)
         offs = tl.arange(0, BLOCK)
         m = tl.full((), float("-inf"), tl.float32)
-        s1 = tl.zeros((), tl.float32)
-        s2 = tl.zeros((), tl.float32)
-        best = tl.zeros((), tl.int32)
+        s1 = tl.full((), 0.0, tl.float32)
+        s2 = tl.full((), 0.0, tl.float32)
+        best = tl.full((), 0, tl.int32)
         base = x_ptr + row.to(tl.int64) * stride_row
         for off in range(start, end, BLOCK):
             cols = off + offs

@@ -148,8 +148,8 @@ if HAS_TRITON:
         j = tl.argmax(score, 0)
         take = best > score0
         thresh = tl.sum(tl.where(rank == j, srt, 0), 0)
-        chosen = take & (packed <= thresh) & (c >= 0)
-        k = tl.sum(chosen.to(tl.int32), 1)
+        chosen = (packed <= thresh) & (c >= 0)
+        k = tl.where(take, tl.sum(chosen.to(tl.int32), 1), 0)
         rows = tl.arange(0, BLOCK_B)
         tl.store(k_ptr + rows, k, mask=rows < B)
         e_best = tl.sum(tl.where(rank == j, expected, 0.0), 0)

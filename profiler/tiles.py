@@ -1,4 +1,4 @@
-"""`specdec tiles`: fit (and later profile/calibrate/show) TileSpec latency tiles offline.
+"""`specdec tiles`: fit TileSpec latency tiles from measured CSVs (profile/calibrate/show: tiles_profile.py).
 
 ``specdec tiles fit --csv FILE --tokens-col COL --latency-col COL [--batch-col COL] --out DIR``
 reads measured verify latencies, fits the latency model (measured table +
@@ -119,8 +119,11 @@ def fit_command(args) -> int:
 
 
 def add_parser(sub) -> None:
-    tiles = sub.add_parser("tiles", help="offline TileSpec latency tiles: fit")
+    tiles = sub.add_parser("tiles", help="offline TileSpec latency tiles: profile, fit, calibrate, show")
     tsub = tiles.add_subparsers(dest="tiles_command", required=True, metavar="ACTION")
+    from . import tiles_profile
+
+    tiles_profile.add_parsers(tsub)
     fit = tsub.add_parser("fit", help="fit a latency model from a CSV of measured verify latencies")
     fit.add_argument("--csv", required=True, help="CSV with one measured verify forward per row")
     fit.add_argument("--tokens-col", required=True, help="column with the number of tokens in the forward (N)")

@@ -21,10 +21,18 @@ def test_fit_reproduces_the_h100_table(tmp_path, h100_csv):
 
 
 def test_fit_without_batch_column_and_custom_threshold(tmp_path, h100_csv):
-    out = specdec("tiles", "fit", "--csv", str(h100_csv), "--tokens-col", "N", "--latency-col", "eager_dev_ms",
+    # a single-batch sweep as an operator would record it: no batch column at all
+    rows = h100_csv.read_text().splitlines()
+    head = rows[0].split(",")
+    b, n, lat = head.index("B"), head.index("N"), head.index("eager_dev_ms")
+    single = ["N,ms"] + [f"{r.split(',')[n]},{r.split(',')[lat]}" for r in rows[1:] if r.split(",")[b] == "1"]
+    csv = tmp_path / "b1.csv"
+    csv.write_text("\n".join(single) + "\n")
+    out = specdec("tiles", "fit", "--csv", str(csv), "--tokens-col", "N", "--latency-col", "ms",
                   "--jump-threshold", "0.05", "--out", str(tmp_path / "fit"))
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.splitlines()[-1])["mape"] < 3.0
+    res = json.loads(out.stdout.splitlines()[-1])
+    assert res["batch_sizes"] == [1] and res["n_points"] == len(single) - 1 and res["mape"] < 3.0
 
 
 CSV_CASES = {

@@ -64,6 +64,21 @@ def test_code_editing_accepts_drafts_and_counters_match_vllms(server):
     assert "TileSpec: scheduler active" in server.log_text()
 
 
+def test_tiles_calibrate_reads_a_running_servers_calibration(server, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(p.replace("\n", "\\n") for p in code_edit_prompts(4)) + "\n")
+    out = subprocess.run([sys.executable, "-m", "specdec_profiler.cli", "tiles", "calibrate", "--endpoint", server.url,
+                          "--prompts", str(prompts), "--cache-dir", str(server.cache_root), "--max-tokens", "32",
+                          "--out", str(tmp_path / "cal")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summ = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summ["n_pairs"] > 0 and (tmp_path / "cal" / "calibration.png").is_file()
+
+
 def test_chat_completions_work(server):
     r = httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={
         "model": "tiny", "messages": [{"role": "user", "content": "Continue this code:\nimport os\n"}],
