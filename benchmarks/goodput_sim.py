@@ -24,10 +24,13 @@ from pathlib import Path
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--latency-csv", required=True)
-    p.add_argument("--batch-col", required=True)
-    p.add_argument("--tokens-col", required=True)
-    p.add_argument("--latency-col", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--latency-csv", help="CSV of measured verify latencies (with the three --*-col)")
+    src.add_argument("--latency-cache", help="a profile cache folder (cache/<model>_<gpu>_tp<N>/, e.g. from "
+                                             "`specdec tiles profile` or engine warmup)")
+    p.add_argument("--batch-col")
+    p.add_argument("--tokens-col")
+    p.add_argument("--latency-col")
     p.add_argument("--per-position-accept", default=None,
                    help="comma-separated conditional acceptance of the median request at depth 1..K "
                         "(default 0.80,0.76,0.73,0.70,0.68,0.66,0.64,0.62); K = how many are given")
@@ -48,8 +51,19 @@ def main(argv=None) -> int:
     from specdec_profiler.tiles import read_latency_csv
 
     try:
-        batch, tokens, lat = read_latency_csv(args.latency_csv, args.tokens_col, args.latency_col, args.batch_col)
-        model = LatencyModel.fit(batch, tokens, lat)
+        if args.latency_cache:
+            npz = Path(args.latency_cache) / "latency_model.npz"
+            if not npz.is_file():
+                raise UsageError(f"--latency-cache {args.latency_cache}: no latency_model.npz there")
+            model = LatencyModel.load(npz)
+            args.latency_col = "profile"
+        else:
+            missing = [f"--{n}-col" for n in ("batch", "tokens", "latency") if not getattr(args, f"{n}_col")]
+            if missing:
+                raise UsageError(f"--latency-csv needs {', '.join(missing)}")
+            batch, tokens, lat = read_latency_csv(args.latency_csv, args.tokens_col, args.latency_col,
+                                                  args.batch_col)
+            model = LatencyModel.fit(batch, tokens, lat)
         ppa = simulate.DEFAULT_PER_POSITION_ACCEPT
         if args.per_position_accept:
             try:
@@ -82,7 +96,7 @@ def main(argv=None) -> int:
     summary = simulate.summarize(results)
     context = {
         "what": "trace-driven simulation; latency from the measured table, traffic model in specdec_profiler/simulate.py",
-        "latency_csv": str(Path(args.latency_csv).resolve()), "latency_col": args.latency_col,
+        "latency_csv": str(Path(args.latency_csv or args.latency_cache).resolve()), "latency_col": args.latency_col,
         "per_position_accept": list(ppa), "draft_cost_ratio": args.draft_cost_ratio, "steps": args.steps,
         "seed": args.seed, "request_spread_logit": cfg.request_spread, "token_spread_logit": cfg.token_spread,
         "drafter_overconfidence_logit": cfg.overconfidence, "confidence_noise_logit": cfg.confidence_noise,

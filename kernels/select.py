@@ -86,16 +86,20 @@ def select_k_torch(cum_conf: torch.Tensor, lat_table: torch.Tensor, base: int, n
     use_rate = not math.isnan(rate)
     score = expected - rate * total if use_rate else expected / total
     score = torch.where(rank < avail, score, torch.full_like(score, float("-inf")))
-    score0 = B - rate * lat[base] if use_rate else B / lat[base]
-    j = torch.argmax(score)
-    take = score[j] > score0
+    score0 = B - rate * lat[base:base + 1] if use_rate else B / lat[base:base + 1]
+    # everything below stays on the device: no .item(), no indexing by a tensor scalar (both sync or
+    # break CUDA-graph capture), no host-built tensors
+    j = torch.argmax(score).view(1)
+    best = score.gather(0, j)
+    take = best > score0
     n_best = torch.where(take, j + 1, torch.zeros_like(j))
-    thresh = packed[order][j]
+    thresh = packed.gather(0, order.gather(0, j))
     chosen = take & (packed <= thresh) & (flat >= 0)
     k = chosen.reshape(B, K).sum(dim=1).to(torch.int32)
-    e_best = torch.where(take, expected[j], torch.tensor(float(B), dtype=torch.float64, device=dev))
-    t_best = torch.where(take, total[j], lat[base])
-    info = torch.stack([n_best.to(torch.float64), e_best, t_best])
+    e_best = torch.where(take, expected.gather(0, j), torch.full_like(best, float(B)))
+    lat0 = lat[base:base + 1]
+    t_best = torch.where(take, total.gather(0, j), lat0)
+    info = torch.cat([n_best.to(torch.float64), e_best, t_best])
     return k, info
 
 
