@@ -8,7 +8,8 @@ kernels: more than the draft step itself at large vocabularies.
 
 ``draft_confidence_triton`` reads each logit once with an online
 max/logsumexp (and sum of p*x for the entropy), never materialising the
-softmax. Rows are split over several programs when there are too few rows
+softmax; each lane keeps its own running state and the block reduces once
+at the end, so the loop streams loads without barriers. Rows are split over several programs when there are too few rows
 to fill the GPU; a small second kernel merges the partial results.
 
 Semantics (kernel and twin alike), with ``x = logits / temperature``:
@@ -109,6 +110,66 @@ if HAS_TRITON:
             tl.store(pidx_ptr + p, best)
 
     @triton.jit
+    def _conf_partial_lanes(x_ptr, stride_row, V, chunk, inv_t,
+                            pm_ptr, ps1_ptr, ps2_ptr, pidx_ptr,
+                            ids_ptr, prob_ptr, lse_ptr, ent_ptr,
+                            NUM_SPLITS: tl.constexpr, BLOCK: tl.constexpr):
+        """Per-lane online state, reduced once at the end: the loop has no cross-warp reduction.
+
+        ``_conf_partial`` reduces max, argmax and two sums across the block on every
+        iteration (four barriers per BLOCK elements), which keeps too few loads in
+        flight to stream at memory speed. Here every lane keeps its own running
+        max / sums / first argmax (base-2 exponent, one extra exp2 per element for
+        the rescale) and the block reduces once.
+        """
+        LOG2E: tl.constexpr = 1.4426950408889634
+        row = tl.program_id(0)
+        split = tl.program_id(1)
+        start = split * chunk
+        end = tl.minimum(start + chunk, V)
+        offs = tl.arange(0, BLOCK)
+        m = tl.full((BLOCK,), float("-inf"), tl.float32)     # running max of x * log2(e)
+        s1 = tl.full((BLOCK,), 0.0, tl.float32)              # sum 2^(x2 - m)
+        s2 = tl.full((BLOCK,), 0.0, tl.float32)              # sum 2^(x2 - m) * x
+        best = tl.full((BLOCK,), 0, tl.int32)
+        base = x_ptr + row.to(tl.int64) * stride_row
+        scale = inv_t * LOG2E
+        for off in range(start, end, BLOCK):
+            cols = off + offs
+            raw = tl.load(base + cols, mask=cols < end, other=float("-inf")).to(tl.float32)
+            x = raw * inv_t
+            x2 = raw * scale
+            best = tl.where(x2 > m, cols, best)              # strictly greater: first index per lane
+            new_m = tl.maximum(m, x2)
+            safe = tl.where(new_m == float("-inf"), 0.0, new_m)
+            alpha = tl.where(m == float("-inf"), 0.0, tl.exp2(m - safe))
+            e = tl.where(x2 == float("-inf"), 0.0, tl.exp2(x2 - safe))
+            s1 = s1 * alpha + e
+            s2 = s2 * alpha + tl.where(x2 == float("-inf"), 0.0, e * x)
+            m = new_m
+        M2 = tl.max(m, 0)
+        safeM = tl.where(M2 == float("-inf"), 0.0, M2)
+        w = tl.where(m == float("-inf"), 0.0, tl.exp2(m - safeM))
+        S1 = tl.sum(s1 * w, 0)
+        S2 = tl.sum(s2 * w, 0)
+        first = tl.min(tl.where(m == M2, best, 2147483647), 0)
+        first = tl.where(M2 == float("-inf"), 0, first)
+        M = M2 / LOG2E                                        # back to natural units for the merge
+        if NUM_SPLITS == 1:
+            dead = S1 == 0.0
+            lse = tl.where(dead, float("-inf"), M + tl.log(tl.where(dead, 1.0, S1)))
+            tl.store(ids_ptr + row, tl.where(dead, 0, first).to(tl.int64))
+            tl.store(prob_ptr + row, tl.where(dead, 0.0, 1.0 / tl.where(dead, 1.0, S1)))
+            tl.store(lse_ptr + row, lse)
+            tl.store(ent_ptr + row, tl.where(dead, 0.0, lse - S2 / tl.where(dead, 1.0, S1)))
+        else:
+            p = row * NUM_SPLITS + split
+            tl.store(pm_ptr + p, M)
+            tl.store(ps1_ptr + p, S1)
+            tl.store(ps2_ptr + p, S2)
+            tl.store(pidx_ptr + p, first)
+
+    @triton.jit
     def _conf_merge(pm_ptr, ps1_ptr, ps2_ptr, pidx_ptr, ids_ptr, prob_ptr, lse_ptr, ent_ptr,
                     NUM_SPLITS: tl.constexpr, SPLIT_BLOCK: tl.constexpr):
         row = tl.program_id(0)
@@ -135,17 +196,27 @@ if HAS_TRITON:
         tl.store(ent_ptr + row, tl.where(dead, 0.0, lse - S2 / tl.where(dead, 1.0, S1)))
 
 
-def _num_splits(rows: int, vocab: int, block: int, device: torch.device) -> int:
+def _num_splits(rows: int, vocab: int, block: int, device: torch.device, programs_per_sm: int = 4) -> int:
     if device.type != "cuda":
         return max(1, min(4, triton.cdiv(vocab, block)))  # interpreter: exercise the merge path cheaply
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    want = triton.cdiv(4 * sms, max(rows, 1))
+    want = triton.cdiv(programs_per_sm * sms, max(rows, 1))
     return int(max(1, min(want, triton.cdiv(vocab, block))))
 
 
 def draft_confidence_triton(logits: torch.Tensor, temperature: float = 1.0, return_entropy: bool = False,
-                            block: int = 2048, num_splits: int | None = None):
-    """The fused kernel (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``)."""
+                            block: int | None = None, num_splits: int | None = None, variant: str = "lanes",
+                            num_warps: int | None = None, programs_per_sm: int = 4):
+    """The fused kernel (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``).
+
+    ``variant``: "lanes" (per-lane state, one reduction at the end; the default)
+    or "blocks" (reduces every BLOCK; kept for comparison in the GPU benchmark).
+    ``programs_per_sm`` sets how finely rows are split when there are few rows.
+    """
+    if variant not in ("lanes", "blocks"):
+        raise ValueError(f"variant must be 'lanes' or 'blocks', got {variant!r}")
+    if block is None:
+        block = 1024 if variant == "lanes" else 2048
     if not HAS_TRITON:
         raise RuntimeError("triton is not installed")
     _check(logits, temperature)
@@ -153,7 +224,7 @@ def draft_confidence_triton(logits: torch.Tensor, temperature: float = 1.0, retu
         logits = logits.contiguous()
     rows, vocab = logits.shape
     dev = logits.device
-    splits = num_splits or _num_splits(rows, vocab, block, dev)
+    splits = num_splits or _num_splits(rows, vocab, block, dev, programs_per_sm)
     chunk = triton.cdiv(triton.cdiv(vocab, splits), block) * block
     splits = triton.cdiv(vocab, chunk)
     ids = torch.empty(rows, dtype=torch.int64, device=dev)
@@ -169,9 +240,11 @@ def draft_confidence_triton(logits: torch.Tensor, temperature: float = 1.0, retu
         pm = ps1 = ps2 = prob
         pidx = ids
     if rows:
-        _conf_partial[(rows, splits)](logits, logits.stride(0), vocab, chunk, 1.0 / float(temperature),
-                                      pm, ps1, ps2, pidx, ids, prob, lse, ent,
-                                      NUM_SPLITS=splits, BLOCK=block, num_warps=8 if dev.type == "cuda" else 1)
+        kernel = _conf_partial_lanes if variant == "lanes" else _conf_partial
+        warps = num_warps or (8 if dev.type == "cuda" else 1)
+        kernel[(rows, splits)](logits, logits.stride(0), vocab, chunk, 1.0 / float(temperature),
+                               pm, ps1, ps2, pidx, ids, prob, lse, ent,
+                               NUM_SPLITS=splits, BLOCK=block, num_warps=warps)
         if splits > 1:
             _conf_merge[(rows,)](pm, ps1, ps2, pidx, ids, prob, lse, ent, NUM_SPLITS=splits,
                                  SPLIT_BLOCK=triton.next_power_of_2(splits))

@@ -29,27 +29,34 @@ from test_select_k import _case, _cpu, _gpu_inputs, _model  # noqa: E402
 
 @pytest.mark.parametrize("rows,vocab,splits", [(1, 1, 1), (2, 37, 1), (3, 1000, 3), (4, 2500, 4), (1, 5000, 1)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_triton_kernel_matches_twin_in_the_interpreter(rows, vocab, splits, dtype):
+@pytest.mark.parametrize("variant", ["lanes", "blocks"])
+def test_triton_kernel_matches_twin_in_the_interpreter(rows, vocab, splits, dtype, variant):
     conf = confidence
     for seed in range(2):  # fresh inputs each time
         x = _logits(rows, vocab, dtype, seed=seed + 100 * vocab)
         if vocab > 10:
             x[0, vocab // 3] = float("-inf")  # -inf entries inside a row
         for t in (1.0, 1.3):
-            got = conf.draft_confidence_triton(x, t, return_entropy=True, block=256, num_splits=splits)
+            got = conf.draft_confidence_triton(x, t, return_entropy=True, block=256, num_splits=splits,
+                                               variant=variant)
             want = draft_confidence_torch(x, t, return_entropy=True)
             assert torch.equal(got[0], want[0])
             for g, w in zip(got[1:], want[1:]):
                 torch.testing.assert_close(g, w, rtol=2e-5, atol=2e-5)
 
 
-def test_triton_kernel_all_neg_inf_rows_and_ties_in_the_interpreter():
+@pytest.mark.parametrize("variant", ["lanes", "blocks"])
+@pytest.mark.parametrize("splits", [1, 3])
+def test_triton_kernel_all_neg_inf_rows_and_ties_in_the_interpreter(variant, splits):
     conf = confidence
-    x = torch.full((3, 700), float("-inf"))
+    x = torch.full((5, 700), float("-inf"))
     x[1, 300], x[1, 650] = 1.0, 1.0     # tie across splits: first index
     x[2, 0] = 5.0
-    ids, prob, lse, ent = conf.draft_confidence_triton(x, return_entropy=True, block=128, num_splits=3)
-    assert ids.tolist() == [0, 300, 0]
+    x[3, 100], x[3, 228] = 2.0, 2.0     # tie in one lane (block 128), two iterations apart
+    x[4, 300], x[4, 140] = 3.0, 3.0     # tie where the first index sits in a lower lane
+    ids, prob, lse, ent = conf.draft_confidence_triton(x, return_entropy=True, block=128, num_splits=splits,
+                                                       variant=variant)
+    assert ids.tolist() == [0, 300, 0, 100, 140]
     assert prob[0] == 0 and torch.isneginf(lse[0]) and ent[0] == 0 and prob[2] == 1
     assert prob[1] == pytest.approx(0.5)
 
