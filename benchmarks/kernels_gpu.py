@@ -143,25 +143,26 @@ def sweep_confidence(bw: float, records: list) -> None:
         ref = draft_confidence_triton(xs[0], return_entropy=True, variant="blocks")
         nbytes = rows * vocab * 2
         results = []
-        configs = [("blocks", 2048, 8, 4)] + [("lanes", b, w, pps) for b in (512, 1024, 2048, 4096)
-                                              for w in (4, 8) for pps in (2, 4, 8)]
-        for variant, block, warps, pps in configs:
+        configs = [("blocks", 2048, 8, 4, 1), ("lanes", 2048, 4, 2, 1)] + [
+            ("lanes", b, w, pps, r) for b in (1024, 2048, 4096) for w in (4, 8) for pps in (2, 4) for r in (2, 4, 8)]
+        for variant, block, warps, pps, r in configs:
             i = [0]
 
             def run():
                 i[0] = (i[0] + 1) % nbuf
                 draft_confidence_triton(xs[i[0]], return_entropy=True, variant=variant, block=block,
-                                        num_warps=warps, programs_per_sm=pps)
+                                        num_warps=warps, programs_per_sm=pps, per_lane=r)
             try:
                 got = draft_confidence_triton(xs[0], return_entropy=True, variant=variant, block=block,
-                                              num_warps=warps, programs_per_sm=pps)
+                                              num_warps=warps, programs_per_sm=pps, per_lane=r)
                 ok = bool(torch.equal(got[0], ref[0])) and all(
                     torch.allclose(g, r, rtol=1e-4, atol=1e-4) for g, r in zip(got[1:], ref[1:]))
                 us = graph_us(run, reps=100)
             except Exception as err:  # noqa: BLE001 - a config that does not build is skipped, not fatal
-                print(f"  sweep {rows}x{vocab} {variant} block={block} warps={warps} pps={pps}: {err!r}"[:300])
+                print(f"  sweep {rows}x{vocab} {variant} block={block} warps={warps} pps={pps} r={r}: {err!r}"[:300])
                 continue
             results.append({"variant": variant, "block": block, "num_warps": warps, "programs_per_sm": pps,
+                            "per_lane": r,
                             "graph_us": round(us, 2), "bandwidth_fraction": round(nbytes / bw * 1e6 / us, 3),
                             "agrees": ok})
         results.sort(key=lambda r: r["graph_us"])
@@ -171,8 +172,9 @@ def sweep_confidence(bw: float, records: list) -> None:
                         "max_rel_err": None, "configs": results})
         for r in results[:5]:
             print(f"  sweep {rows}x{vocab}: {r}", flush=True)
-        base = next((r for r in results if r["variant"] == "blocks"), None)
-        print(f"  sweep {rows}x{vocab}: blocks variant {base}", flush=True)
+        for v, r1 in (("blocks", 1), ("lanes", 1)):
+            base = next((r for r in results if r["variant"] == v and r["per_lane"] == r1), None)
+            print(f"  sweep {rows}x{vocab}: {v} per_lane={r1}: {base}", flush=True)
 
 
 def bench_select(records: list, cases: int) -> None:

@@ -45,9 +45,9 @@ def test_triton_kernel_matches_twin_in_the_interpreter(rows, vocab, splits, dtyp
                 torch.testing.assert_close(g, w, rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("variant", ["lanes", "blocks"])
+@pytest.mark.parametrize("variant,per_lane", [("lanes", 1), ("lanes", 4), ("lanes", 8), ("blocks", 1)])
 @pytest.mark.parametrize("splits", [1, 3])
-def test_triton_kernel_all_neg_inf_rows_and_ties_in_the_interpreter(variant, splits):
+def test_triton_kernel_all_neg_inf_rows_and_ties_in_the_interpreter(variant, per_lane, splits):
     conf = confidence
     x = torch.full((5, 700), float("-inf"))
     x[1, 300], x[1, 650] = 1.0, 1.0     # tie across splits: first index
@@ -55,7 +55,7 @@ def test_triton_kernel_all_neg_inf_rows_and_ties_in_the_interpreter(variant, spl
     x[3, 100], x[3, 228] = 2.0, 2.0     # tie in one lane (block 128), two iterations apart
     x[4, 300], x[4, 140] = 3.0, 3.0     # tie where the first index sits in a lower lane
     ids, prob, lse, ent = conf.draft_confidence_triton(x, return_entropy=True, block=128, num_splits=splits,
-                                                       variant=variant)
+                                                       variant=variant, per_lane=per_lane)
     assert ids.tolist() == [0, 300, 0, 100, 140]
     assert prob[0] == 0 and torch.isneginf(lse[0]) and ent[0] == 0 and prob[2] == 1
     assert prob[1] == pytest.approx(0.5)
