@@ -86,10 +86,10 @@ def build(shape: DecoderShape, device, dtype, max_batch: int, max_q: int, contex
     import torch.nn.functional as F
     from torch import nn
 
-    g = torch.Generator(device="cpu").manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)  # on the GPU: host randn of 15B weights takes minutes
 
     def w(*s, scale=0.02):
-        return (torch.randn(*s, generator=g) * scale).to(device=device, dtype=dtype)
+        return (torch.randn(*s, generator=g, device=device, dtype=torch.float32) * scale).to(dtype)
 
     class Layer(nn.Module):
         def __init__(self):

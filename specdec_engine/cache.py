@@ -45,6 +45,7 @@ logger = logging.getLogger("specdec_engine.cache")
 SCHEMA_VERSION = 1
 META_FILE = "meta.json"
 PLOTS_DIR = "plots"
+OFFLINE_ENGINE_PREFIX = "offline-"  # CacheKey.engine of profiles written by the offline profiler
 DEFAULT_CACHE_ENV = "SPECDEC_CACHE_DIR"
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
@@ -214,7 +215,13 @@ class ProfileCache:
         if meta.get("schema_version") != SCHEMA_VERSION:
             return f"schema_version {meta.get('schema_version')!r} != {SCHEMA_VERSION}"
         stored = meta.get("key", {})
-        for field_name in ("model", "gpu", "tp", "dtype", "engine", "engine_version"):
+        # a profile made offline (`specdec tiles profile`, engine "offline-<framework>") feeds the engine
+        # for the same model, GPU, TP and dtype: that is what it is for; engine and its version are then
+        # not part of the match
+        offline = str(stored.get("engine", "")).startswith(OFFLINE_ENGINE_PREFIX)
+        fields = ("model", "gpu", "tp", "dtype") if offline else ("model", "gpu", "tp", "dtype", "engine",
+                                                                  "engine_version")
+        for field_name in fields:
             want = getattr(key, field_name)
             if stored.get(field_name) != want:
                 return f"stale: {field_name} {stored.get(field_name)!r} != {want!r}"

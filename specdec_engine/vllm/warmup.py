@@ -172,9 +172,12 @@ def run(executor) -> None:
             rt.latency, rt.calibration = entry.latency, entry.calibration
             rt.profile_info = {k: entry.meta[k] for k in ("grid", "profile") if k in entry.meta}
             rt.history.import_priors(entry.meta.get("history_priors", {}))
-            logger.info("TileSpec: already profiled, skipping warmup profiling (%s, %d points, calibration %s)",
-                        entry.directory, len(entry.latency.latencies_ms),
-                        "loaded" if entry.calibration is not None else "new")
+            source = (entry.meta.get("key") or {}).get("engine", "?")
+            logger.info("TileSpec: already profiled, skipping warmup profiling (%s, %d points, made by %s, "
+                        "calibration %s)%s", entry.directory, len(entry.latency.latencies_ms), source,
+                        "loaded" if entry.calibration is not None else "new",
+                        "; an offline profile: set force_profile to measure in this engine instead"
+                        if source.startswith("offline-") else "")
             return
         if entry is not None:
             logger.info("TileSpec: cached profile in %s does not cover the grid (batch sizes %s, q 1..%d, "
