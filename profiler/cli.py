@@ -37,9 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specdec", description="specdec-engine offline tools")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_tiny_model(sub)
-    from . import cache_cli, tiles
+    from . import aa, cache_cli, tiles
 
     tiles.add_parser(sub)
+    aa.add_parser(sub)
     cache_cli.add_parser(sub)
     return parser
 

@@ -79,6 +79,29 @@ def test_tiles_calibrate_reads_a_running_servers_calibration(server, tmp_path):
     assert summ["n_pairs"] > 0 and (tmp_path / "cal" / "calibration.png").is_file()
 
 
+def test_aa_benchmark_reports_acceptance_while_speculating(server, tmp_path):
+    """`specdec aa` at a tiny scale against tilespec: every metric filled, acceptance from this window."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "specdec_profiler.cli", "aa", "--endpoint", server.url, "--model",
+                          "tiny", "--shapes", "aa-1k", "--scale", "0.05", "--requests", "6", "--concurrency", "3",
+                          "--burn-in", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    s = json.loads((tmp_path / "aa-1k" / "summary.json").read_text())
+    m = s["metrics"]
+    assert m["ok"] == 6 and s["errors"]["count"] == 0
+    for k in ("ttft_ms", "ttfo_ms", "tpot_ms", "e2e_ms", "output_tokens_per_s"):
+        assert set(m[k]) == {"mean", "p50", "p90", "p99"}, k
+    assert m["ttfo_coverage"] == 1.0 and m["output_tokens"] >= 6 * 50
+    sd = s["spec_decode"]
+    assert sd["metrics_available"] and sd["drafts"] > 0
+    assert sd["acceptance_length"] == pytest.approx(1 + sd["accepted_tokens"] / sd["drafts"])
+    assert sd["specdec"]["specdec_drafts_total"] > 0
+    assert (tmp_path / "aa-1k" / "summary.png").is_file()
+
+
 def test_chat_completions_work(server):
     r = httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={
         "model": "tiny", "messages": [{"role": "user", "content": "Continue this code:\nimport os\n"}],

@@ -1,0 +1,533 @@
+"""`specdec aa`: the Artificial Analysis workload shapes against any OpenAI-compatible endpoint.
+
+    specdec aa --endpoint http://localhost:8000 --model NAME --shapes aa-1k,aa-10k --concurrency 10 \\
+        --requests 20 --out runs/aa [--mode synthetic|dataset-replay] [--driver builtin|aiperf] [--dry-run]
+
+Per shape: optional prewarm, a discarded burn-in pass, then the measured pass; `/metrics` is scraped
+right before and after the measured pass, so the spec-decode acceptance it reports (from vLLM's
+``vllm:spec_decode_*`` counters, plus every ``specdec_*`` counter) belongs to that window alone.
+Writes ``<out>/<shape>/records.jsonl`` (one line per request), ``summary.json``, ``summary.png``
+and prints a table. API keys are read from the environment variable named by ``--api-key-env``
+and never written anywhere.
+
+Token counting: tiktoken's ``o200k_base`` when ``--encoding-file`` points at ``o200k_base.tiktoken``
+(no download here) and tiktoken is installed; otherwise 4 characters per token, and the summary's
+``context.token_counting.approximate`` is true with a warning (prompt sizes are then only roughly
+the shape's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class Shape:
+    input_tokens: int
+    output_tokens: int  # "at least": min_tokens + ignore_eos
+
+
+# The one table of shapes (README's "Artificial Analysis shapes" table is checked against it by a test).
+SHAPES: dict[str, Shape] = {
+    "aa-1k": Shape(1_000, 1_000),
+    "aa-10k": Shape(10_000, 1_500),
+    "aa-100k": Shape(100_000, 2_000),
+}
+O200K_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
+SPEC_COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens",
+                 "vllm:spec_decode_num_accepted_tokens")
+
+
+# ---------------------------------------------------------------------------- token counting
+class TokenCounter:
+    """o200k_base through tiktoken when its file is given, else 4 characters per token (flagged)."""
+
+    def __init__(self, encoding_file: str | None):
+        self.enc = None
+        self.warning = None
+        if encoding_file:
+            if not Path(encoding_file).is_file():
+                raise UsageError(f"--encoding-file {encoding_file}: no such file")
+            try:
+                import tiktoken
+            except ImportError:
+                raise UsageError("--encoding-file needs tiktoken (pip install tiktoken)") from None
+            cache = Path(tempfile.mkdtemp(prefix="specdec-tiktoken-"))
+            shutil.copy(encoding_file, cache / hashlib.sha1(O200K_URL.encode()).hexdigest())
+            os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)  # tiktoken reads its cache by the URL's sha1
+            self.enc = tiktoken.get_encoding("o200k_base")
+        else:
+            self.warning = ("no o200k_base encoding file (--encoding-file): token counts are approximate "
+                            "(4 characters per token); prompt sizes only roughly match the shape")
+
+    @property
+    def method(self) -> str:
+        return "tiktoken o200k_base" if self.enc is not None else "approx-4-chars-per-token"
+
+    def count(self, text: str) -> int:
+        return len(self.enc.encode(text, disallowed_special=())) if self.enc is not None else max(1, len(text) // 4)
+
+    def trim(self, text: str, tokens: int) -> str:
+        if self.enc is not None:
+            return self.enc.decode(self.enc.encode(text, disallowed_special=())[:tokens])
+        return text[:tokens * 4]
+
+
+_WORDS = ("system latency token budget draft model request cache memory kernel batch stream verify accept "
+          "window profile server client answer question context length measure report value table result "
+          "policy engine graph tensor vector matrix layer head block tile sample median spread noise signal").split()
+
+
+def synthetic_prompt(counter: TokenCounter, tokens: int, seed: int) -> str:
+    """A question followed by filler text of ``tokens`` tokens (deterministic per seed)."""
+    rng = random.Random(seed)
+    head = f"Request {seed}. Read the notes below, then write a long, detailed answer about them.\n\n"
+    words: list[str] = []
+    text = head
+    while counter.count(text) < tokens:
+        words.extend(rng.choice(_WORDS) for _ in range(max(16, (tokens - counter.count(text)) // 2)))
+        text = head + " ".join(words)
+    return counter.trim(text, tokens)
+
+
+def real_text_corpus() -> str:
+    """Real prose-like text available offline: the docstrings and comments of Python's standard library."""
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    parts = []
+    for p in sorted(root.glob("*.py"))[:400]:
+        try:
+            parts.append(p.read_text(errors="replace"))
+        except OSError:
+            continue
+    return "\n".join(parts)
+
+
+def build_dataset(path: Path, counter: TokenCounter, shape: Shape, n: int, seed: int) -> list[str]:
+    """Write (or read back) the replay file: n prompts of real text sized to the shape's input budget."""
+    if path.is_file():
+        prompts = []
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            try:
+                prompts.append(json.loads(line)["prompt"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UsageError(f"{path}:{i}: not a JSON object with a 'prompt'") from None
+        if len(prompts) < n:
+            raise UsageError(f"{path}: {len(prompts)} prompts, {n} needed")
+        return prompts[:n]
+    corpus = real_text_corpus()
+    rng = random.Random(seed)
+    prompts = []
+    span = shape.input_tokens * 6
+    for i in range(n):
+        start = rng.randrange(0, max(1, len(corpus) - span))
+        body = counter.trim(corpus[start:start + span], shape.input_tokens - 24)
+        prompts.append(f"Summarise and explain the following text in detail.\n\n{body}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return prompts
+
+
+# ---------------------------------------------------------------------------- builtin driver
+@dataclass
+class Record:
+    index: int
+    ok: bool = False
+    error: str | None = None
+    status: int | None = None
+    ttft_ms: float | None = None        # first streamed token of any kind (reasoning included)
+    ttfo_ms: float | None = None        # first answer (non-reasoning) token
+    e2e_ms: float | None = None
+    tpot_ms: float | None = None        # per output token, from usage (a chunk may carry several tokens)
+    chunk_gaps_ms: list = field(default_factory=list)
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    reasoning_chunks: int = 0
+    prompt_tokens: int = 0
+
+
+async def _one(client, url: str, body: dict, headers: dict, index: int, timeout_s: float) -> Record:
+    import httpx
+
+    rec = Record(index=index)
+    t0 = time.perf_counter()
+    first = first_answer = last = None
+    done = False
+    try:
+        async with client.stream("POST", url, json=body, headers=headers, timeout=timeout_s) as resp:
+            rec.status = resp.status_code
+            if resp.status_code >= 400:
+                rec.error = f"http_{resp.status_code}: {(await resp.aread()).decode(errors='replace')[:200]}"
+                return rec
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    break
+                try:
+                    ev = json.loads(data)
+                except json.JSONDecodeError:
+                    continue
+                if ev.get("error"):
+                    rec.error = f"stream_error: {str(ev['error'])[:200]}"
+                    return rec
+                now = time.perf_counter()
+                choices = ev.get("choices") or []
+                delta = (choices[0].get("delta") or {}) if choices else {}
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                answer = delta.get("content") or (choices[0].get("text") if choices else None)
+                if reasoning or answer:
+                    if first is None:
+                        first = now
+                    if last is not None:
+                        rec.chunk_gaps_ms.append((now - last) * 1000.0)
+                    last = now
+                if reasoning:
+                    rec.reasoning_chunks += 1
+                if answer and first_answer is None:
+                    first_answer = now
+                usage = ev.get("usage")
+                if usage:
+                    rec.output_tokens = int(usage.get("completion_tokens") or 0)
+                    rec.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                    details = usage.get("completion_tokens_details") or {}
+                    rec.reasoning_tokens = int(details.get("reasoning_tokens") or 0)
+    except httpx.TimeoutException:
+        rec.error = "timeout"
+        return rec
+    except httpx.HTTPError as err:
+        rec.error = f"connection: {type(err).__name__}"
+        return rec
+    t1 = time.perf_counter()
+    if not done:
+        rec.error = "stream_ended_early"
+        return rec
+    rec.ok = True
+    rec.e2e_ms = (t1 - t0) * 1000.0
+    rec.ttft_ms = ((first or t1) - t0) * 1000.0
+    rec.ttfo_ms = (first_answer - t0) * 1000.0 if first_answer is not None else None
+    if rec.output_tokens > 1 and first is not None:
+        rec.tpot_ms = (t1 - first) * 1000.0 / (rec.output_tokens - 1)
+    return rec
+
+
+async def run_builtin(endpoint: str, model: str, prompts: list[str], concurrency: int, shape_out: int,
+                      force_length: bool, api_key: str | None, timeout_s: float) -> tuple[list[Record], float]:
+    import httpx
+
+    url = endpoint.rstrip("/") + "/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    sem = asyncio.Semaphore(concurrency)
+    t_origin = time.perf_counter()
+
+    async def guarded(i, p, client):
+        body = {"model": model, "messages": [{"role": "user", "content": p}], "max_tokens": shape_out,
+                "temperature": 0.0, "top_p": 1.0, "stream": True, "stream_options": {"include_usage": True}}
+        if force_length:
+            body.update(min_tokens=shape_out, ignore_eos=True)
+        async with sem:
+            return await _one(client, url, body, headers, i, timeout_s)
+
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(limits=limits) as client:
+        recs = await asyncio.gather(*(guarded(i, p, client) for i, p in enumerate(prompts)))
+    return list(recs), time.perf_counter() - t_origin
+
+
+# ---------------------------------------------------------------------------- metrics window
+def scrape(endpoint: str, api_key: str | None) -> dict[str, float] | None:
+    import httpx
+
+    from .vllm_server import parse_metrics
+
+    try:
+        r = httpx.get(endpoint.rstrip("/") + "/metrics", timeout=10.0,
+                      headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+        return parse_metrics(r.text) if r.status_code == 200 else None
+    except httpx.HTTPError:
+        return None
+
+
+def spec_window(before: dict | None, after: dict | None) -> dict:
+    """Acceptance over the window between two scrapes; null fields when speculation did not run."""
+    from .vllm_server import metric_sum
+
+    out = {"acceptance_length": None, "accept_rate": None, "drafts": 0, "draft_tokens": 0, "accepted_tokens": 0,
+           "specdec": {}, "metrics_available": before is not None and after is not None}
+    if not out["metrics_available"]:
+        return out
+
+    def delta(name):
+        series = name + "_total" if any(k.startswith(name + "_total") for k in after) else name
+        return metric_sum(after, series) - metric_sum(before, series)
+
+    drafts, dtoks, acc = (delta(n) for n in SPEC_COUNTERS)
+    out.update(drafts=int(drafts), draft_tokens=int(dtoks), accepted_tokens=int(acc))
+    if drafts > 0:
+        out["acceptance_length"] = 1.0 + acc / drafts
+        out["accept_rate"] = acc / dtoks if dtoks > 0 else None
+    names = {k.split("{", 1)[0] for k in after if k.startswith("specdec_")}
+    for n in sorted(names):
+        if n.endswith(("_total", "_count", "_sum")):
+            out["specdec"][n] = metric_sum(after, n) - metric_sum(before or {}, n)
+    return out
+
+
+# ---------------------------------------------------------------------------- summary
+def stat(values) -> dict | None:
+    v = sorted(x for x in values if x is not None)
+    if not v:
+        return None
+    q = lambda f: v[min(len(v) - 1, int(round(f * (len(v) - 1))))]  # noqa: E731
+    return {"mean": statistics.fmean(v), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99)}
+
+
+def summarize(records: list[Record], wall_s: float, reasoning_model: bool) -> tuple[dict, list[str]]:
+    ok = [r for r in records if r.ok]
+    errors: dict[str, int] = {}
+    for r in records:
+        if not r.ok:
+            kind = (r.error or "unknown").split(":", 1)[0]
+            errors[kind] = errors.get(kind, 0) + 1
+    out_tokens = sum(r.output_tokens for r in ok)
+    warnings = []
+    with_ttfo = [r for r in ok if r.ttfo_ms is not None]
+    if reasoning_model and ok and all(r.reasoning_chunks == 0 for r in ok):
+        warnings.append("reasoning model but no reasoning field was streamed: TTFT == TTFO; is the server's "
+                        "reasoning parser configured?")
+    metrics = {
+        "ttft_ms": stat(r.ttft_ms for r in ok), "ttfo_ms": stat(r.ttfo_ms for r in with_ttfo),
+        "ttfo_coverage": len(with_ttfo) / len(ok) if ok else 0.0,
+        "tpot_ms": stat(r.tpot_ms for r in ok), "itl_chunk_ms": stat(g for r in ok for g in r.chunk_gaps_ms),
+        "e2e_ms": stat(r.e2e_ms for r in ok),
+        "output_tokens_per_s": stat((r.output_tokens - 1) / ((r.e2e_ms - r.ttft_ms) / 1000.0)
+                                    for r in ok if r.output_tokens > 1 and r.e2e_ms > r.ttft_ms),
+        "aggregate_output_tokens_per_s": out_tokens / wall_s if wall_s > 0 else 0.0,
+        "request_throughput": len(ok) / wall_s if wall_s > 0 else 0.0,
+        "reasoning_tokens": stat(r.reasoning_tokens for r in ok),
+        "requests": len(records), "ok": len(ok), "wall_s": wall_s, "output_tokens": out_tokens,
+    }
+    return {"metrics": metrics, "errors": {"count": len(records) - len(ok), "by_kind": errors}}, warnings
+
+
+def plot(records: list[Record], path: Path, title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    ok = [r for r in records if r.ok]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, (name, vals) in zip(axes, [("TTFT (ms)", [r.ttft_ms for r in ok]), ("TPOT (ms)", [r.tpot_ms for r in ok]),
+                                       ("end to end (s)", [r.e2e_ms / 1000 for r in ok])]):
+        vals = [v for v in vals if v is not None]
+        if vals:
+            ax.hist(vals, bins=min(30, max(5, len(vals))), color="tab:blue", alpha=0.8)
+        ax.set_title(name, fontsize=10)
+        ax.set_ylabel("requests")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- aiperf
+def aiperf_command(args, shape_name: str, shape: Shape, input_file: Path | None, artifact_dir: Path) -> list[str]:
+    """The AIPerf command line for one shape (flags as documented for `aiperf profile`)."""
+    host = args.endpoint.split("://", 1)[-1].rstrip("/")
+    cmd = ["aiperf", "profile", "--model", args.model, "--url", host, "--endpoint-type", "chat", "--streaming",
+           "--concurrency", str(args.concurrency), "--request-count", str(args.requests),
+           "--random-seed", str(args.seed), "--output-tokens-mean", str(shape.output_tokens),
+           "--output-tokens-stddev", "0", "--extra-inputs", "temperature:0", "--extra-inputs", "top_p:1",
+           "--artifact-dir", str(artifact_dir)]
+    if not args.no_force_length:
+        cmd += ["--extra-inputs", f"min_tokens:{shape.output_tokens}", "--extra-inputs", "ignore_eos:true"]
+    if args.mode == "synthetic":
+        cmd += ["--synthetic-input-tokens-mean", str(shape.input_tokens), "--synthetic-input-tokens-stddev", "0"]
+    else:
+        cmd += ["--input-file", str(input_file), "--custom-dataset-type", "single_turn"]
+    if args.tokenizer:
+        cmd += ["--tokenizer", args.tokenizer]
+    if args.api_key_env:
+        cmd += ["--api-key", f"${args.api_key_env}"]  # expanded by the shell / filled at run time, never stored
+    return cmd
+
+
+def parse_aiperf(artifact_dir: Path) -> dict:
+    """Map ``profile_export_aiperf.json`` onto our metric names (mean/p50/p90/p99 where it has them)."""
+    path = next(iter(sorted(artifact_dir.rglob("profile_export_aiperf.json"))), None)
+    if path is None:
+        raise UsageError(f"aiperf wrote no profile_export_aiperf.json under {artifact_dir}")
+    data = json.loads(path.read_text())
+
+    def pick(*names):
+        for n in names:
+            m = data.get(n)
+            if isinstance(m, dict):
+                return {k: m.get(k) for k in ("avg", "p50", "p90", "p99")} | {"mean": m.get("avg")}
+        return None
+
+    return {"ttft_ms": pick("time_to_first_token", "ttft"), "ttfo_ms": pick("time_to_first_output_token"),
+            "tpot_ms": pick("inter_token_latency", "itl"), "e2e_ms": pick("request_latency"),
+            "output_tokens_per_s": pick("output_token_throughput_per_user"),
+            "request_throughput": (data.get("request_throughput") or {}).get("avg"), "source": str(path)}
+
+
+# ---------------------------------------------------------------------------- command
+def _shapes(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [n for n in names if n not in SHAPES]
+    if bad or not names:
+        raise UsageError(f"--shapes: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(SHAPES)}")
+    return names
+
+
+def aa_command(args) -> int:
+    names = _shapes(args.shapes)
+    if args.concurrency < 1 or args.requests < 1:
+        raise UsageError("--concurrency and --requests must be >= 1")
+    if not 0 < args.scale <= 1:
+        raise UsageError(f"--scale must be in (0, 1], got {args.scale}")
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise UsageError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
+    counter = TokenCounter(args.encoding_file)
+    if counter.warning:
+        print(f"specdec aa: WARNING: {counter.warning}", file=sys.stderr)
+    out = Path(args.out)
+    for name in names:
+        base = SHAPES[name]
+        shape = Shape(max(8, int(base.input_tokens * args.scale)), max(2, int(base.output_tokens * args.scale)))
+        d = out / name
+        d.mkdir(parents=True, exist_ok=True)
+        n_total = args.requests + args.burn_in
+        dataset = Path(args.dataset or (d / "dataset.jsonl"))
+        if args.mode == "dataset-replay":
+            prompts = build_dataset(dataset, counter, shape, n_total, args.seed)
+        else:
+            prompts = [synthetic_prompt(counter, shape.input_tokens, args.seed * 100_003 + i) for i in range(n_total)]
+        if args.driver == "aiperf":
+            cmd = aiperf_command(args, name, shape, dataset if args.mode == "dataset-replay" else None, d / "aiperf")
+            if args.dry_run:
+                print(" ".join(cmd))
+                continue
+            if shutil.which("aiperf") is None:
+                raise UsageError("--driver aiperf: `aiperf` is not installed (pip install aiperf), or use --driver builtin")
+            env = dict(os.environ)
+            cmd = [c if c != f"${args.api_key_env}" else api_key for c in cmd]
+            subprocess.run(cmd, check=False, env=env)
+            metrics = parse_aiperf(d / "aiperf")
+            summary = {"context": _context(args, name, shape, counter, "aiperf"), "metrics": metrics,
+                       "errors": None, "spec_decode": None}
+            (d / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+            continue
+        if args.dry_run:
+            print(f"{name}: builtin driver, {args.requests} requests (+{args.burn_in} burn-in) at concurrency "
+                  f"{args.concurrency}, input ~{shape.input_tokens} tokens, output "
+                  f"{'>=' if not args.no_force_length else '<='}{shape.output_tokens} tokens, {args.mode}")
+            continue
+        force = not args.no_force_length
+        if args.prewarm:
+            asyncio.run(run_builtin(args.endpoint, args.model, prompts[:1], 1, min(16, shape.output_tokens), force,
+                                    api_key, args.timeout_s))
+        if args.burn_in:
+            asyncio.run(run_builtin(args.endpoint, args.model, prompts[:args.burn_in], args.concurrency,
+                                    shape.output_tokens, force, api_key, args.timeout_s))
+        if args.settle_s:
+            print(f"{name}: settling {args.settle_s:.0f} s", file=sys.stderr)
+            time.sleep(args.settle_s)
+        before = scrape(args.endpoint, api_key)
+        records, wall = asyncio.run(run_builtin(args.endpoint, args.model, prompts[args.burn_in:], args.concurrency,
+                                                shape.output_tokens, force, api_key, args.timeout_s))
+        after = scrape(args.endpoint, api_key)
+        body, warnings = summarize(records, wall, args.reasoning_model)
+        if counter.warning:
+            warnings.append(counter.warning)
+        if not force:
+            warnings.append("output length was a cap (max_tokens), not forced (min_tokens/ignore_eos off)")
+        summary = {"context": _context(args, name, shape, counter, "builtin"), **body,
+                   "spec_decode": spec_window(before, after), "warnings": warnings}
+        with open(d / "records.jsonl", "w") as f:
+            for r in records:
+                f.write(json.dumps(asdict(r)) + "\n")
+        (d / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        plot(records, d / "summary.png", f"{name} x{args.scale} at concurrency {args.concurrency}: {args.model}")
+        _print_row(name, summary)
+    return 0
+
+
+def _context(args, name, shape, counter, driver) -> dict:
+    version = "builtin"
+    if driver == "aiperf":
+        try:
+            from importlib.metadata import version as v
+
+            version = f"aiperf {v('aiperf')}"
+        except Exception:  # noqa: BLE001
+            version = "aiperf (version unknown)"
+    return {"endpoint": args.endpoint, "model": args.model, "shape": name, "scale": args.scale,
+            "input_tokens": shape.input_tokens, "output_tokens": shape.output_tokens,
+            "output_length": "cap" if args.no_force_length else "forced (min_tokens + ignore_eos)",
+            "mode": args.mode, "concurrency": args.concurrency, "requests": args.requests, "burn_in": args.burn_in,
+            "settle_s": args.settle_s, "driver": version, "temperature": 0.0, "top_p": 1.0,
+            "token_counting": {"method": counter.method, "approximate": counter.enc is None},
+            "date": dt.datetime.now(dt.timezone.utc).isoformat()}
+
+
+def _print_row(name: str, s: dict) -> None:
+    m, sd = s["metrics"], s["spec_decode"]
+    f = lambda x, k="p50": "-" if not x else f"{x[k]:.1f}"  # noqa: E731
+    al = "-" if sd["acceptance_length"] is None else f"{sd['acceptance_length']:.2f}"
+    print(f"{'shape':<9}{'ok':>5}{'err':>5}{'TTFT p50':>10}{'TTFO p50':>10}{'TPOT p50':>10}{'E2E p50':>10}"
+          f"{'tok/s/req':>10}{'tok/s':>9}{'acc.len':>8}")
+    print(f"{name:<9}{m['ok']:>5}{s['errors']['count']:>5}{f(m['ttft_ms']):>10}{f(m['ttfo_ms']):>10}"
+          f"{f(m['tpot_ms']):>10}{f(m['e2e_ms']):>10}{f(m['output_tokens_per_s']):>10}"
+          f"{m['aggregate_output_tokens_per_s']:>9.1f}{al:>8}")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("aa", help="Artificial Analysis workload shapes against an OpenAI-compatible endpoint")
+    p.add_argument("--endpoint", required=True, help="base URL, e.g. http://localhost:8000")
+    p.add_argument("--model", required=True)
+    p.add_argument("--shapes", default="aa-1k", help=f"comma-separated: {', '.join(SHAPES)}")
+    p.add_argument("--mode", choices=["synthetic", "dataset-replay"], default="synthetic")
+    p.add_argument("--dataset", help="dataset-replay: JSONL of {'prompt'} (written on first use, then replayed)")
+    p.add_argument("--concurrency", type=int, default=1, help="1 = single prompt, 10 = parallel prompts")
+    p.add_argument("--requests", type=int, default=10)
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the shape's token counts (tests, CPUs)")
+    p.add_argument("--driver", choices=["builtin", "aiperf"], default="builtin")
+    p.add_argument("--dry-run", action="store_true", help="print what would run (the AIPerf command line)")
+    p.add_argument("--api-key-env", help="name of the environment variable holding the API key")
+    p.add_argument("--encoding-file", help="o200k_base.tiktoken for exact token counts (else approximate)")
+    p.add_argument("--tokenizer", help="tokenizer name/path passed to AIPerf")
+    p.add_argument("--no-force-length", action="store_true", help="no min_tokens/ignore_eos (providers that reject them)")
+    p.add_argument("--reasoning-model", action="store_true", help="warn when no reasoning field streams (TTFT == TTFO)")
+    p.add_argument("--prewarm", action="store_true")
+    p.add_argument("--burn-in", type=int, default=0, help="requests run first and discarded")
+    p.add_argument("--settle-s", type=float, default=0.0)
+    p.add_argument("--timeout-s", type=float, default=600.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/aa")
+    p.set_defaults(func=aa_command)
