@@ -116,19 +116,27 @@ def _trial(srv, name, spec, wl_name, wl, c, trial, prompts, args):
 def _start(name, spec, model, log_dir):
     from specdec_profiler.vllm_server import VLLMServer
 
+    # no prefix caching: tilespec stays up across pairs and sees each pair's prompts again, so with the
+    # cache on it would skip prefills that the baselines pay
     srv = VLLMServer(model, speculative_config=spec, log_path=log_dir / f"serve_{name}.log", start_timeout_s=400,
-                     env={"VLLM_CPU_KVCACHE_SPACE": "1"})
+                     env={"VLLM_CPU_KVCACHE_SPACE": "1"}, extra_args=["--no-enable-prefix-caching"])
     srv.start()
     print(f"[{name}] server up in {srv.started_s:.0f}s", file=sys.stderr, flush=True)
     return srv
 
 
-def _warm(srv, workloads):
+def _warm(srv, workloads, concurrencies=(4,), osl=16, per_concurrency=2):
+    """Discarded requests first: JIT and caches, and for tilespec what a serving engine learns in its
+    first minutes (calibration per request group and position, step-time fit per batch size, fallback
+    state). A cold tilespec measured against a baseline that has nothing to learn is not the comparison
+    an operator cares about; a warm-up at every concurrency measured is."""
     from specdec_profiler.loadgen import run_load
 
-    for wl in workloads.values():  # discarded: JIT, caches, tilespec's calibration
-        asyncio.run(run_load(srv.url, srv.served_model_name, wl.prompts[-8:], concurrency=4, max_tokens=16,
-                             min_tokens=16, temperature=wl.temperature))
+    for wl in workloads.values():
+        for c in concurrencies:
+            n = max(8, per_concurrency * c)
+            asyncio.run(run_load(srv.url, srv.served_model_name, wl.prompts[-n:], concurrency=c, max_tokens=osl,
+                                 min_tokens=osl, temperature=wl.temperature))
 
 
 def _server_info(srv):
@@ -148,7 +156,7 @@ def run_paired(arms, configs, model, args, workloads, concurrencies, log_dir, ro
     ts = None
     if "tilespec" in arms:
         ts = _start("tilespec", configs["tilespec"], model, log_dir)
-        _warm(ts, workloads)
+        _warm(ts, workloads, concurrencies, args.osl)
     try:
         for base in baselines or [None]:
             srv = None
@@ -302,7 +310,7 @@ def main(argv=None) -> int:
     if unknown:
         print(f"vllm_e2e: error: unknown arm(s) {unknown}; choose from {', '.join(configs)}", file=sys.stderr)
         return 2
-    n_needed = sum((args.requests or max(8, 4 * c)) * args.trials for c in concurrencies) + 8
+    n_needed = sum((args.requests or max(8, 4 * c)) * args.trials for c in concurrencies) + max(8, 2 * max(concurrencies))
     wls = {w: W.make(w, n_needed) for w in args.workloads.split(",")}
     rows = []
     t0 = time.time()
