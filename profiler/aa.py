@@ -435,12 +435,13 @@ def aa_command(args) -> int:
                 continue
             if shutil.which("aiperf") is None:
                 raise UsageError("--driver aiperf: `aiperf` is not installed (pip install aiperf), or use --driver builtin")
-            env = dict(os.environ)
             cmd = [c if c != f"${args.api_key_env}" else api_key for c in cmd]
-            subprocess.run(cmd, check=False, env=env)
+            before = scrape(args.endpoint, api_key)
+            subprocess.run(cmd, check=False)
+            after = scrape(args.endpoint, api_key)
             metrics = parse_aiperf(d / "aiperf")
             summary = {"context": _context(args, name, shape, counter, "aiperf"), "metrics": metrics,
-                       "errors": None, "spec_decode": None}
+                       "errors": None, "spec_decode": spec_window(before, after)}
             (d / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
             continue
         if args.dry_run:
