@@ -65,6 +65,29 @@ def draft_confidence_torch(logits: torch.Tensor, temperature: float = 1.0, retur
 if HAS_TRITON:
 
     @triton.jit
+    def _store_row(row, M, S1, S2, best, ids_ptr, prob_ptr, lse_ptr, ent_ptr):
+        """One row's outputs from its max M, sum exp(x - M) S1 and sum exp(x - M) * x S2 (all -inf: defined)."""
+        dead = S1 == 0.0
+        lse = tl.where(dead, float("-inf"), M + tl.log(tl.where(dead, 1.0, S1)))
+        tl.store(ids_ptr + row, tl.where(dead, 0, best).to(tl.int64))
+        tl.store(prob_ptr + row, tl.where(dead, 0.0, 1.0 / tl.where(dead, 1.0, S1)))
+        tl.store(lse_ptr + row, lse)
+        tl.store(ent_ptr + row, tl.where(dead, 0.0, lse - S2 / tl.where(dead, 1.0, S1)))
+
+    @triton.jit
+    def _finish_split(row, split, M, S1, S2, best, pm_ptr, ps1_ptr, ps2_ptr, pidx_ptr,
+                      ids_ptr, prob_ptr, lse_ptr, ent_ptr, NUM_SPLITS: tl.constexpr):
+        """A whole row: its outputs; one split of a row: the partial state that _conf_merge combines."""
+        if NUM_SPLITS == 1:
+            _store_row(row, M, S1, S2, best, ids_ptr, prob_ptr, lse_ptr, ent_ptr)
+        else:
+            p = row * NUM_SPLITS + split
+            tl.store(pm_ptr + p, M)
+            tl.store(ps1_ptr + p, S1)
+            tl.store(ps2_ptr + p, S2)
+            tl.store(pidx_ptr + p, best)
+
+    @triton.jit
     def _conf_partial(x_ptr, stride_row, V, chunk, inv_t,
                       pm_ptr, ps1_ptr, ps2_ptr, pidx_ptr,
                       ids_ptr, prob_ptr, lse_ptr, ent_ptr,
@@ -95,19 +118,8 @@ if HAS_TRITON:
             s1 = s1 * alpha + tl.sum(e, 0)
             s2 = s2 * alpha + tl.sum(tl.where(live, e * x, 0.0), 0)
             m = new_m
-        if NUM_SPLITS == 1:
-            dead = s1 == 0.0
-            lse = tl.where(dead, float("-inf"), m + tl.log(tl.where(dead, 1.0, s1)))
-            tl.store(ids_ptr + row, tl.where(dead, 0, best).to(tl.int64))
-            tl.store(prob_ptr + row, tl.where(dead, 0.0, 1.0 / tl.where(dead, 1.0, s1)))
-            tl.store(lse_ptr + row, lse)
-            tl.store(ent_ptr + row, tl.where(dead, 0.0, lse - s2 / tl.where(dead, 1.0, s1)))
-        else:
-            p = row * NUM_SPLITS + split
-            tl.store(pm_ptr + p, m)
-            tl.store(ps1_ptr + p, s1)
-            tl.store(ps2_ptr + p, s2)
-            tl.store(pidx_ptr + p, best)
+        _finish_split(row, split, m, s1, s2, best, pm_ptr, ps1_ptr, ps2_ptr, pidx_ptr,
+                      ids_ptr, prob_ptr, lse_ptr, ent_ptr, NUM_SPLITS)
 
     @triton.jit
     def _conf_partial_lanes(x_ptr, stride_row, V, chunk, inv_t,
@@ -159,19 +171,8 @@ if HAS_TRITON:
         first = tl.min(tl.where(m == M2, best, 2147483647), 0)
         first = tl.where(M2 == float("-inf"), 0, first)
         M = M2 / LOG2E                                        # back to natural units for the merge
-        if NUM_SPLITS == 1:
-            dead = S1 == 0.0
-            lse = tl.where(dead, float("-inf"), M + tl.log(tl.where(dead, 1.0, S1)))
-            tl.store(ids_ptr + row, tl.where(dead, 0, first).to(tl.int64))
-            tl.store(prob_ptr + row, tl.where(dead, 0.0, 1.0 / tl.where(dead, 1.0, S1)))
-            tl.store(lse_ptr + row, lse)
-            tl.store(ent_ptr + row, tl.where(dead, 0.0, lse - S2 / tl.where(dead, 1.0, S1)))
-        else:
-            p = row * NUM_SPLITS + split
-            tl.store(pm_ptr + p, M)
-            tl.store(ps1_ptr + p, S1)
-            tl.store(ps2_ptr + p, S2)
-            tl.store(pidx_ptr + p, first)
+        _finish_split(row, split, M, S1, S2, first, pm_ptr, ps1_ptr, ps2_ptr, pidx_ptr,
+                      ids_ptr, prob_ptr, lse_ptr, ent_ptr, NUM_SPLITS)
 
     @triton.jit
     def _conf_merge(pm_ptr, ps1_ptr, ps2_ptr, pidx_ptr, ids_ptr, prob_ptr, lse_ptr, ent_ptr,
@@ -192,12 +193,7 @@ if HAS_TRITON:
         # splits are in vocabulary order: the first split holding the maximum holds its first index
         first = tl.min(tl.where((m == M) & ok, offs, SPLIT_BLOCK), 0)
         best = tl.sum(tl.where(offs == first, idx, 0), 0)
-        dead = S1 == 0.0
-        lse = tl.where(dead, float("-inf"), M + tl.log(tl.where(dead, 1.0, S1)))
-        tl.store(ids_ptr + row, tl.where(dead, 0, best).to(tl.int64))
-        tl.store(prob_ptr + row, tl.where(dead, 0.0, 1.0 / tl.where(dead, 1.0, S1)))
-        tl.store(lse_ptr + row, lse)
-        tl.store(ent_ptr + row, tl.where(dead, 0.0, lse - S2 / tl.where(dead, 1.0, S1)))
+        _store_row(row, M, S1, S2, best, ids_ptr, prob_ptr, lse_ptr, ent_ptr)
 
 
 def _num_splits(rows: int, vocab: int, block: int, device: torch.device, programs_per_sm: int = 4) -> int:
