@@ -25,7 +25,6 @@ import json
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
+from .loadgen import stat
 
 
 @dataclass(frozen=True)
@@ -163,62 +163,38 @@ class Record:
 
 
 async def _one(client, url: str, body: dict, headers: dict, index: int, timeout_s: float) -> Record:
-    import httpx
+    from .loadgen import read_stream
 
     rec = Record(index=index)
     t0 = time.perf_counter()
     first = first_answer = last = None
-    done = False
-    try:
-        async with client.stream("POST", url, json=body, headers=headers, timeout=timeout_s) as resp:
-            rec.status = resp.status_code
-            if resp.status_code >= 400:
-                rec.error = f"http_{resp.status_code}: {(await resp.aread()).decode(errors='replace')[:200]}"
-                return rec
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    done = True
-                    break
-                try:
-                    ev = json.loads(data)
-                except json.JSONDecodeError:
-                    continue
-                if ev.get("error"):
-                    rec.error = f"stream_error: {str(ev['error'])[:200]}"
-                    return rec
-                now = time.perf_counter()
-                choices = ev.get("choices") or []
-                delta = (choices[0].get("delta") or {}) if choices else {}
-                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-                answer = delta.get("content") or (choices[0].get("text") if choices else None)
-                if reasoning or answer:
-                    if first is None:
-                        first = now
-                    if last is not None:
-                        rec.chunk_gaps_ms.append((now - last) * 1000.0)
-                    last = now
-                if reasoning:
-                    rec.reasoning_chunks += 1
-                if answer and first_answer is None:
-                    first_answer = now
-                usage = ev.get("usage")
-                if usage:
-                    rec.output_tokens = int(usage.get("completion_tokens") or 0)
-                    rec.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                    details = usage.get("completion_tokens_details") or {}
-                    rec.reasoning_tokens = int(details.get("reasoning_tokens") or 0)
-    except httpx.TimeoutException:
-        rec.error = "timeout"
-        return rec
-    except httpx.HTTPError as err:
-        rec.error = f"connection: {type(err).__name__}"
-        return rec
+
+    def on_event(ev, now):
+        nonlocal first, first_answer, last
+        choices = ev.get("choices") or []
+        delta = (choices[0].get("delta") or {}) if choices else {}
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        answer = delta.get("content") or (choices[0].get("text") if choices else None)
+        if reasoning or answer:
+            if first is None:
+                first = now
+            if last is not None:
+                rec.chunk_gaps_ms.append((now - last) * 1000.0)
+            last = now
+        if reasoning:
+            rec.reasoning_chunks += 1
+        if answer and first_answer is None:
+            first_answer = now
+        usage = ev.get("usage")
+        if usage:
+            rec.output_tokens = int(usage.get("completion_tokens") or 0)
+            rec.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            details = usage.get("completion_tokens_details") or {}
+            rec.reasoning_tokens = int(details.get("reasoning_tokens") or 0)
+
+    rec.status, rec.error = await read_stream(client, url, body, timeout_s, on_event, headers=headers)
     t1 = time.perf_counter()
-    if not done:
-        rec.error = "stream_ended_early"
+    if rec.error is not None:
         return rec
     rec.ok = True
     rec.e2e_ms = (t1 - t0) * 1000.0
@@ -292,14 +268,6 @@ def spec_window(before: dict | None, after: dict | None) -> dict:
 
 
 # ---------------------------------------------------------------------------- summary
-def stat(values) -> dict | None:
-    v = sorted(x for x in values if x is not None)
-    if not v:
-        return None
-    q = lambda f: v[min(len(v) - 1, int(round(f * (len(v) - 1))))]  # noqa: E731
-    return {"mean": statistics.fmean(v), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99)}
-
-
 def summarize(records: list[Record], wall_s: float, reasoning_model: bool) -> tuple[dict, list[str]]:
     ok = [r for r in records if r.ok]
     errors: dict[str, int] = {}

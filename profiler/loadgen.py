@@ -37,53 +37,62 @@ class RequestRecord:
         return asdict(self)
 
 
-async def _one(client, url: str, body: dict, index: int, timeout_s: float, t_origin: float) -> RequestRecord:
+async def read_stream(client, url: str, body: dict, timeout_s: float, on_event, headers: dict | None = None):
+    """POST a streaming request and call ``on_event(event, t)`` for each JSON data event.
+
+    Returns ``(status, error)``: error is None when the stream ended with ``[DONE]``, otherwise its kind
+    and detail (``http_<code>: ...``, ``stream_error: ...``, ``timeout``, ``connection: ...``,
+    ``stream_ended_early``). Never raises for the server's faults.
+    """
     import httpx
 
-    rec = RequestRecord(index=index)
-    t0 = time.perf_counter()
-    rec.start_s = t0 - t_origin
-    first = None
-    done = False
+    status = None
     try:
-        async with client.stream("POST", url, json=body, timeout=timeout_s) as resp:
-            rec.status = resp.status_code
-            if resp.status_code >= 400:
-                text = (await resp.aread()).decode(errors="replace")[:300]
-                rec.error = f"http_{resp.status_code}: {text}"
-                return rec
+        async with client.stream("POST", url, json=body, headers=headers, timeout=timeout_s) as resp:
+            status = resp.status_code
+            if status >= 400:
+                return status, f"http_{status}: {(await resp.aread()).decode(errors='replace')[:300]}"
             async for line in resp.aiter_lines():
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
-                    done = True
-                    break
+                    return status, None
                 try:
                     ev = json.loads(data)
                 except json.JSONDecodeError:
                     continue
                 if ev.get("error"):
-                    rec.error = f"stream_error: {str(ev['error'])[:200]}"
-                    return rec
-                choices = ev.get("choices") or []
-                if choices and (choices[0].get("text") or (choices[0].get("delta") or {}).get("content")):
-                    rec.chunks += 1
-                    if first is None:
-                        first = time.perf_counter()
-                usage = ev.get("usage")
-                if usage:
-                    rec.output_tokens = int(usage.get("completion_tokens") or 0)
-                    rec.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                    return status, f"stream_error: {str(ev['error'])[:200]}"
+                on_event(ev, time.perf_counter())
     except httpx.TimeoutException:
-        rec.error = "timeout"
-        return rec
+        return status, "timeout"
     except httpx.HTTPError as err:
-        rec.error = f"connection: {type(err).__name__}"
-        return rec
+        return status, f"connection: {type(err).__name__}"
+    return status, "stream_ended_early"
+
+
+async def _one(client, url: str, body: dict, index: int, timeout_s: float, t_origin: float) -> RequestRecord:
+    rec = RequestRecord(index=index)
+    t0 = time.perf_counter()
+    rec.start_s = t0 - t_origin
+    first = None
+
+    def on_event(ev, now):
+        nonlocal first
+        choices = ev.get("choices") or []
+        if choices and (choices[0].get("text") or (choices[0].get("delta") or {}).get("content")):
+            rec.chunks += 1
+            if first is None:
+                first = now
+        usage = ev.get("usage")
+        if usage:
+            rec.output_tokens = int(usage.get("completion_tokens") or 0)
+            rec.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+
+    rec.status, rec.error = await read_stream(client, url, body, timeout_s, on_event)
     t1 = time.perf_counter()
-    if not done:
-        rec.error = "stream_ended_early"
+    if rec.error is not None:
         return rec
     rec.ok = True
     rec.e2e_ms = (t1 - t0) * 1000.0
@@ -116,17 +125,17 @@ async def run_load(base_url: str, model: str, prompts: list[str], concurrency: i
     return list(records), time.perf_counter() - t_origin
 
 
+def stat(values) -> dict | None:
+    """mean / p50 / p90 / p99 (nearest rank) of the values that are not None; None if there are none."""
+    v = sorted(x for x in values if x is not None)
+    if not v:
+        return None
+    q = lambda f: v[min(len(v) - 1, int(round(f * (len(v) - 1))))]  # noqa: E731
+    return {"mean": statistics.fmean(v), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99)}
+
+
 def summarize(records: list[RequestRecord], wall_s: float) -> dict:
     ok = [r for r in records if r.ok]
-
-    def stat(values):
-        values = [v for v in values if v is not None]
-        if not values:
-            return None
-        values.sort()
-        q = lambda f: values[min(len(values) - 1, int(round(f * (len(values) - 1))))]  # noqa: E731
-        return {"mean": statistics.fmean(values), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99)}
-
     out_tokens = sum(r.output_tokens for r in ok)
     errors: dict[str, int] = {}
     for r in records:
