@@ -72,41 +72,30 @@ def _median_spread(xs):
     return statistics.median(xs), min(xs), max(xs)
 
 
-def _scrape(srv):
-    from specdec_profiler.vllm_server import metric_sum
-
-    m = srv.metrics()
-    keys = ["vllm:spec_decode_num_drafts_total", "vllm:spec_decode_num_draft_tokens_total",
-            "vllm:spec_decode_num_accepted_tokens_total", "specdec_chosen_k_sum", "specdec_chosen_k_count",
-            "specdec_steps_spec_off_total", "specdec_steps_total"]
-    return {k: metric_sum(m, k) for k in keys}
-
-
 def _trial(srv, name, spec, wl_name, wl, c, trial, prompts, args):
     from specdec_profiler.loadgen import run_load, summarize
+    from specdec_profiler.vllm_server import spec_window
 
-    before = _scrape(srv)
+    before = srv.metrics()
     recs, wall = asyncio.run(run_load(srv.url, srv.served_model_name, prompts, concurrency=c, max_tokens=args.osl,
                                       min_tokens=args.osl, temperature=wl.temperature))
     time.sleep(0.5)  # let the last step's stats reach /metrics
-    after = _scrape(srv)
-    d = {k: after[k] - before[k] for k in after}
+    sd = spec_window(before, srv.metrics())
     s = summarize(recs, wall)
-    drafts = d["vllm:spec_decode_num_drafts_total"]
+    al = sd["acceptance_length"]
     row = {"arm": name, "workload": wl_name, "concurrency": c, "trial": trial, "requests": len(prompts),
            "output_tokens_per_s": round(s["output_tokens_per_s"], 2),
            "tpot_ms_p50": round(s["tpot_ms"]["p50"], 2) if s["tpot_ms"] else None,
            "ttft_ms_p50": round(s["ttft_ms"]["p50"], 2) if s["ttft_ms"] else None,
            "e2e_ms_p50": round(s["e2e_ms"]["p50"], 2) if s["e2e_ms"] else None,
            "errors": s["errors"],
-           "acceptance_length": round(1 + d["vllm:spec_decode_num_accepted_tokens_total"] / drafts, 3)
-           if drafts else None,
-           "draft_tokens": d["vllm:spec_decode_num_draft_tokens_total"]}
+           "acceptance_length": round(al, 3) if al is not None else None,
+           "draft_tokens": sd["draft_tokens"]}
     if spec and spec.get("method") == "tilespec":
-        row["mean_k"] = round(d["specdec_chosen_k_sum"] / d["specdec_chosen_k_count"], 3) \
-            if d["specdec_chosen_k_count"] else None
-        row["spec_off_step_share"] = round(d["specdec_steps_spec_off_total"] / d["specdec_steps_total"], 3) \
-            if d["specdec_steps_total"] else None
+        d = sd["specdec"]
+        k_n, steps = d.get("specdec_chosen_k_count", 0), d.get("specdec_steps_total", 0)
+        row["mean_k"] = round(d.get("specdec_chosen_k_sum", 0) / k_n, 3) if k_n else None
+        row["spec_off_step_share"] = round(d.get("specdec_steps_spec_off_total", 0) / steps, 3) if steps else None
     print(f"[{name}] {wl_name} c={c} trial {trial}: {row['output_tokens_per_s']:.1f} tok/s, "
           f"TPOT p50 {row['tpot_ms_p50']} ms, acceptance length {row['acceptance_length']}",
           file=sys.stderr, flush=True)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .loadgen import stat
+from .vllm_server import spec_window
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,6 @@ SHAPES: dict[str, Shape] = {
     "aa-100k": Shape(100_000, 2_000),
 }
 O200K_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
-SPEC_COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens",
-                 "vllm:spec_decode_num_accepted_tokens")
 
 
 # ---------------------------------------------------------------------------- token counting
@@ -240,31 +239,6 @@ def scrape(endpoint: str, api_key: str | None) -> dict[str, float] | None:
         return parse_metrics(r.text) if r.status_code == 200 else None
     except httpx.HTTPError:
         return None
-
-
-def spec_window(before: dict | None, after: dict | None) -> dict:
-    """Acceptance over the window between two scrapes; null fields when speculation did not run."""
-    from .vllm_server import metric_sum
-
-    out = {"acceptance_length": None, "accept_rate": None, "drafts": 0, "draft_tokens": 0, "accepted_tokens": 0,
-           "specdec": {}, "metrics_available": before is not None and after is not None}
-    if not out["metrics_available"]:
-        return out
-
-    def delta(name):
-        series = name + "_total" if any(k.startswith(name + "_total") for k in after) else name
-        return metric_sum(after, series) - metric_sum(before, series)
-
-    drafts, dtoks, acc = (delta(n) for n in SPEC_COUNTERS)
-    out.update(drafts=int(drafts), draft_tokens=int(dtoks), accepted_tokens=int(acc))
-    if drafts > 0:
-        out["acceptance_length"] = 1.0 + acc / drafts
-        out["accept_rate"] = acc / dtoks if dtoks > 0 else None
-    names = {k.split("{", 1)[0] for k in after if k.startswith("specdec_")}
-    for n in sorted(names):
-        if n.endswith(("_total", "_count", "_sum")):
-            out["specdec"][n] = metric_sum(after, n) - metric_sum(before or {}, n)
-    return out
 
 
 # ---------------------------------------------------------------------------- summary

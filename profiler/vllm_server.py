@@ -54,6 +54,33 @@ def metric_sum(samples: dict[str, float], name: str) -> float:
     return total
 
 
+SPEC_COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens",
+                 "vllm:spec_decode_num_accepted_tokens")
+
+
+def spec_window(before: dict | None, after: dict | None) -> dict:
+    """Acceptance over the window between two scrapes; null fields when speculation did not run."""
+    out = {"acceptance_length": None, "accept_rate": None, "drafts": 0, "draft_tokens": 0, "accepted_tokens": 0,
+           "specdec": {}, "metrics_available": before is not None and after is not None}
+    if not out["metrics_available"]:
+        return out
+
+    def delta(name):
+        series = name + "_total" if any(k.startswith(name + "_total") for k in after) else name
+        return metric_sum(after, series) - metric_sum(before, series)
+
+    drafts, dtoks, acc = (delta(n) for n in SPEC_COUNTERS)
+    out.update(drafts=int(drafts), draft_tokens=int(dtoks), accepted_tokens=int(acc))
+    if drafts > 0:
+        out["acceptance_length"] = 1.0 + acc / drafts
+        out["accept_rate"] = acc / dtoks if dtoks > 0 else None
+    names = {k.split("{", 1)[0] for k in after if k.startswith("specdec_")}
+    for n in sorted(names):
+        if n.endswith(("_total", "_count", "_sum")):
+            out["specdec"][n] = metric_sum(after, n) - metric_sum(before or {}, n)
+    return out
+
+
 class ServerError(RuntimeError):
     pass
 
