@@ -7,8 +7,11 @@ Per shape: optional prewarm, a discarded burn-in pass, then the measured pass; `
 right before and after the measured pass, so the spec-decode acceptance it reports (from vLLM's
 ``vllm:spec_decode_*`` counters, plus every ``specdec_*`` counter) belongs to that window alone.
 Writes ``<out>/<shape>/records.jsonl`` (one line per request), ``summary.json``, ``summary.png``
-and prints a table. API keys are read from the environment variable named by ``--api-key-env``
-and never written anywhere.
+and prints a table; with ``--trial N`` they go to ``<out>/<shape>/trial-N/`` instead, so that
+``specdec decide --baseline <out>/<shape>`` finds one ``summary.json`` per trial. ``summary.json``
+follows the ``specdec_trial_summary_v1`` schema (``schemas/trial-summary.schema.json``): the
+fields ``schema``, ``trial`` and ``settings`` (what must match between A/B arms) lead it. API keys
+are read from the environment variable named by ``--api-key-env`` and never written anywhere.
 
 Token counting: tiktoken's ``o200k_base`` when ``--encoding-file`` points at ``o200k_base.tiktoken``
 (no download here) and tiktoken is installed; otherwise 4 characters per token, and the summary's
@@ -363,7 +366,8 @@ def aa_command(args) -> int:
         base = SHAPES[name]
         shape = Shape(max(8, int(base.input_tokens * args.scale)), max(2, int(base.output_tokens * args.scale)))
         d = out / name
-        d.mkdir(parents=True, exist_ok=True)
+        td = d / f"trial-{args.trial}" if args.trial is not None else d  # this run's files (dataset stays in d)
+        td.mkdir(parents=True, exist_ok=True)
         n_total = args.requests + args.burn_in
         dataset = Path(args.dataset or (d / "dataset.jsonl"))
         if args.mode == "dataset-replay":
@@ -371,7 +375,7 @@ def aa_command(args) -> int:
         else:
             prompts = [synthetic_prompt(counter, shape.input_tokens, args.seed * 100_003 + i) for i in range(n_total)]
         if args.driver == "aiperf":
-            cmd = aiperf_command(args, name, shape, dataset if args.mode == "dataset-replay" else None, d / "aiperf")
+            cmd = aiperf_command(args, name, shape, dataset if args.mode == "dataset-replay" else None, td / "aiperf")
             if args.dry_run:
                 print(" ".join(cmd))
                 continue
@@ -381,10 +385,11 @@ def aa_command(args) -> int:
             before = scrape(args.endpoint, api_key)
             subprocess.run(cmd, check=False)
             after = scrape(args.endpoint, api_key)
-            metrics = parse_aiperf(d / "aiperf")
-            summary = {"context": _context(args, name, shape, counter, "aiperf"), "metrics": metrics,
+            metrics = parse_aiperf(td / "aiperf")
+            summary = {**_trial_header(args, name, shape, "aiperf"),
+                       "context": _context(args, name, shape, counter, "aiperf"), "metrics": metrics,
                        "errors": None, "spec_decode": spec_window(before, after)}
-            (d / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+            (td / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
             continue
         if args.dry_run:
             print(f"{name}: builtin driver, {args.requests} requests (+{args.burn_in} burn-in) at concurrency "
@@ -410,15 +415,27 @@ def aa_command(args) -> int:
             warnings.append(counter.warning)
         if not force:
             warnings.append("output length was a cap (max_tokens), not forced (min_tokens/ignore_eos off)")
-        summary = {"context": _context(args, name, shape, counter, "builtin"), **body,
+        summary = {**_trial_header(args, name, shape, "builtin"),
+                   "context": _context(args, name, shape, counter, "builtin"), **body,
                    "spec_decode": spec_window(before, after), "warnings": warnings}
-        with open(d / "records.jsonl", "w") as f:
+        with open(td / "records.jsonl", "w") as f:
             for r in records:
                 f.write(json.dumps(asdict(r)) + "\n")
-        (d / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        plot(records, d / "summary.png", f"{name} x{args.scale} at concurrency {args.concurrency}: {args.model}")
+        (td / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        plot(records, td / "summary.png", f"{name} x{args.scale} at concurrency {args.concurrency}: {args.model}")
         _print_row(name, summary)
     return 0
+
+
+def _trial_header(args, name, shape, driver) -> dict:
+    """``schema``, ``trial`` and ``settings``: what ``specdec decide`` requires to match between A/B arms."""
+    from .decide import TRIAL_SCHEMA_ID
+
+    settings = {"endpoint": args.endpoint, "model": args.model, "workload": name, "dataset": args.mode,
+                "input_tokens": shape.input_tokens, "output_tokens": shape.output_tokens,
+                "output_length": "cap" if args.no_force_length else "forced", "concurrency": args.concurrency,
+                "requests": args.requests, "temperature": 0.0, "top_p": 1.0, "driver": driver}
+    return {"schema": TRIAL_SCHEMA_ID, "trial": args.trial, "settings": settings}
 
 
 def _context(args, name, shape, counter, driver) -> dict:
@@ -473,4 +490,5 @@ def add_parser(sub) -> None:
     p.add_argument("--timeout-s", type=float, default=600.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/aa")
+    p.add_argument("--trial", type=int, help="trial index N: write under <out>/<shape>/trial-N/ (for specdec decide)")
     p.set_defaults(func=aa_command)
