@@ -37,11 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specdec", description="specdec-engine offline tools")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_tiny_model(sub)
-    from . import aa, cache_cli, tiles
+    from . import aa, cache_cli, corpus, tiles, workload_profile
+    from . import decide
 
     tiles.add_parser(sub)
     aa.add_parser(sub)
     cache_cli.add_parser(sub)
+    workload_profile.add_parser(sub)
+    corpus.add_parser(sub)
+    decide.add_parser(sub)
     return parser
 
 
