@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -334,3 +335,36 @@ class ProfileCache:
         if LATENCY_MODEL_FILE not in meta.get("files", {}):
             problems.append(f"{LATENCY_MODEL_FILE}: not recorded in meta.json")
         return problems
+
+
+class CalibrationAutosave:
+    """Persist an engine's online calibration every ``interval_s`` (atomic writes; never raises).
+
+    Both engine adapters learn calibration while serving and save it on this
+    schedule. If the cache directory vanished meanwhile (a deleted volume),
+    the whole profile is written again, not a calibration without its
+    latency model.
+    """
+
+    def __init__(self, interval_s: float):
+        self.interval_s = float(interval_s)
+        self._last = time.monotonic()
+
+    def maybe_save(self, cache: "ProfileCache", key: "CacheKey | None", latency, calibration, *,
+                   profile_meta: dict | None = None, extra_meta: dict | None = None, force: bool = False) -> None:
+        if key is None or calibration is None or latency is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < self.interval_s:
+            return
+        self._last = now
+        if calibration.n_pairs == 0:
+            return
+        try:
+            if not cache.path_for(key).joinpath("meta.json").exists():
+                cache.save(key, latency, calibration, extra_meta={**(profile_meta or {}), **(extra_meta or {})},
+                           plots=False)
+            else:
+                cache.save(key, calibration=calibration, extra_meta=extra_meta, plots=force)
+        except Exception as err:  # noqa: BLE001 - persistence must never hurt serving
+            logger.warning("TileSpec: could not save calibration: %s", err)

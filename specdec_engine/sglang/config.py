@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from ..policy.fallback import FallbackConfig
+from ..validation import format_validation_error
 
 ALGORITHM = "TILESPEC"
 DEFAULT_CANDIDATE_STEPS = (0, 1, 2, 3, 5, 7)
@@ -115,14 +116,6 @@ class TileSpecSGLangConfig(BaseModel):
         return FallbackConfig(**self.fallback.model_dump())
 
 
-def _format_validation_error(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(root)"
-        parts.append(f"{loc!r}: {e['msg']}" + (f" (got {e['input']!r})" if e["type"] != "missing" else ""))
-    return "; ".join(parts)
-
-
 def parse_config(raw: Any, source: str = "--speculative-adaptive-config") -> TileSpecSGLangConfig:
     """Validate a decoded JSON object; errors name the key."""
     if raw is None:
@@ -145,7 +138,7 @@ def parse_config(raw: Any, source: str = "--speculative-adaptive-config") -> Til
                 f"unknown key {loc!r} in {source} for --speculative-algorithm {ALGORITHM} "
                 f"(known: {', '.join(sorted(TileSpecSGLangConfig.model_fields))}; "
                 f"fallback.*: {', '.join(sorted(FallbackOptions.model_fields))})") from None
-        raise TileSpecConfigError(f"bad {ALGORITHM} option in {source}: {_format_validation_error(err)}") from None
+        raise TileSpecConfigError(f"bad {ALGORITHM} option in {source}: {format_validation_error(err)}") from None
 
 
 def load_config(path: str | None) -> TileSpecSGLangConfig:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
-from ..cache import DEFAULT_CACHE_ENV, CacheKey, ProfileCache
+from ..cache import DEFAULT_CACHE_ENV, CacheKey, CalibrationAutosave, ProfileCache
 from ..policy import Calibration, LatencyModel
 from . import compat
 from .config import TileSpecSGLangConfig
@@ -41,7 +40,7 @@ class SGLangRuntime:
         self.metrics = None
         self.policy: TileSpecAdaptivePolicy | None = None
         self.tp_rank, self.tp_size = compat.tp_rank_and_size()
-        self._last_cal_save = time.monotonic()
+        self._autosave = CalibrationAutosave(cfg.calibration_save_interval_s)
 
     def make_policy(self, static, initial_steps: int | None = None) -> TileSpecAdaptivePolicy | None:
         """The policy for the controller (None: keep the static one, the reason is logged)."""
@@ -76,21 +75,8 @@ class SGLangRuntime:
 
     def maybe_save_calibration(self, force: bool = False) -> None:
         """Persist the online calibration every ``calibration_save_interval_s`` (atomic; never raises)."""
-        if self.key is None or self.calibration is None or self.latency is None:
-            return
-        now = time.monotonic()
-        if not force and now - self._last_cal_save < self.cfg.calibration_save_interval_s:
-            return
-        self._last_cal_save = now
-        if self.calibration.n_pairs == 0:
-            return
-        try:
-            if not self.cache.path_for(self.key).joinpath("meta.json").exists():
-                self.cache.save(self.key, self.latency, self.calibration, extra_meta=self.profile_info, plots=False)
-            else:
-                self.cache.save(self.key, calibration=self.calibration, plots=force)
-        except Exception as err:  # noqa: BLE001 - persistence must never hurt serving
-            logger.warning("TileSpec: could not save calibration: %s", err)
+        self._autosave.maybe_save(self.cache, self.key, self.latency, self.calibration,
+                                  profile_meta=self.profile_info, force=force)
 
 
 def make_metrics(k_max: int, model_name: str, registry=None):

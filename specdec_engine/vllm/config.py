@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..policy.fallback import FallbackConfig
+from ..validation import format_validation_error
 
 METHOD = "tilespec"
 SUPPORTED_BASES = ("ngram",)
@@ -89,14 +90,6 @@ class TileSpecConfig(BaseModel):
         return cls.model_validate(json.loads(text))
 
 
-def _format_validation_error(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(root)"
-        parts.append(f"{loc!r}: {e['msg']}" + (f" (got {e['input']!r})" if e["type"] != "missing" else ""))
-    return "; ".join(parts)
-
-
 def split_speculative_config(spec: dict[str, Any], vllm_fields: set[str]) -> tuple[dict[str, Any], TileSpecConfig]:
     """Split a ``method: tilespec`` dict into (vLLM SpeculativeConfig dict, our validated config).
 
@@ -124,7 +117,7 @@ def split_speculative_config(spec: dict[str, Any], vllm_fields: set[str]) -> tup
     try:
         cfg = TileSpecConfig.model_validate(ours)
     except ValidationError as err:
-        raise TileSpecConfigError(f"bad tilespec option {_format_validation_error(err)}") from None
+        raise TileSpecConfigError(f"bad tilespec option {format_validation_error(err)}") from None
     if cfg.base not in SUPPORTED_BASES:
         raise TileSpecConfigError(
             f"'base': {cfg.base!r} is not supported by this version of specdec-engine yet "

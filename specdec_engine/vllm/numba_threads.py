@@ -52,3 +52,17 @@ def limit_numba_threads() -> str:
     if hasattr(parallel, "NUM_THREADS"):
         parallel.NUM_THREADS = 1
     return f"{ENV}=1 for this process (numba imported, pool not launched yet) and its children"
+
+
+def numba_threads_here() -> str:
+    """What this (engine) process runs numba with, for its log: the setting above only matters where it arrives.
+
+    Logged by the scheduler inside EngineCore. (Reading ``/proc/<pid>/environ``
+    from outside does not work: vLLM renames its processes with setproctitle,
+    which may overwrite the environment block that file shows.)
+    """
+    pool = "not launched"
+    parallel = sys.modules.get("numba.np.ufunc.parallel")
+    if parallel is not None and getattr(parallel, "_is_initialized", False):
+        pool = f"{getattr(parallel, 'NUM_THREADS', '?')} threads"
+    return f"{ENV}={os.environ.get(ENV, 'unset')}, pool {pool}"

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 
-from ..cache import CacheKey, ProfileCache
+from ..cache import CacheKey, CalibrationAutosave, ProfileCache
 from ..policy import AcceptanceHistory, Calibration, LatencyModel, TileSpecPolicy
 from .config import TileSpecConfig
 
@@ -45,7 +44,7 @@ class EngineRuntime:
     profile_info: dict = field(default_factory=dict)
     history: AcceptanceHistory = field(default_factory=AcceptanceHistory)
     disabled_reason: str | None = None
-    _last_cal_save: float = field(default_factory=time.monotonic)
+    _autosave: CalibrationAutosave | None = None
 
     def make_policy(self) -> TileSpecPolicy | None:
         from .scheduler import REQUEST_GROUPS
@@ -66,24 +65,10 @@ class EngineRuntime:
 
     def maybe_save_calibration(self, force: bool = False) -> None:
         """Persist the online calibration every ``calibration_save_interval_s`` (atomic; never raises)."""
-        if self.key is None or self.calibration is None or self.latency is None:
-            return
-        now = time.monotonic()
-        if not force and now - self._last_cal_save < self.cfg.calibration_save_interval_s:
-            return
-        self._last_cal_save = now
-        if self.calibration.n_pairs == 0:
-            return
-        extra = {"history_priors": self.history.export_priors()}
-        try:
-            if not self.cache.path_for(self.key).joinpath("meta.json").exists():
-                # the cache dir vanished (deleted volume): write the whole profile again, not half of it
-                self.cache.save(self.key, self.latency, self.calibration, extra_meta={**self.profile_info, **extra},
-                                plots=False)
-            else:
-                self.cache.save(self.key, calibration=self.calibration, extra_meta=extra, plots=force)
-        except Exception as err:  # noqa: BLE001 - persistence must never hurt serving
-            logger.warning("TileSpec: could not save calibration: %s", err)
+        if self._autosave is None:
+            self._autosave = CalibrationAutosave(self.cfg.calibration_save_interval_s)
+        self._autosave.maybe_save(self.cache, self.key, self.latency, self.calibration, profile_meta=self.profile_info,
+                                  extra_meta={"history_priors": self.history.export_priors()}, force=force)
 
 
 _RUNTIMES: dict[int, EngineRuntime] = {}

@@ -92,6 +92,9 @@ class TileSpecScheduler(Scheduler):
             logger.info("TileSpec: scheduler active: base=%s, K_max=%d, latency model %s, calibration %d pairs",
                         self._rt.cfg.base, self._k_max, self._rt.key.dirname if self._rt.key else "in memory",
                         self._policy.calibration.n_pairs)
+            if self._rt.cfg.base == "ngram":
+                from .numba_threads import numba_threads_here
+                logger.info("TileSpec: engine process numba: %s", numba_threads_here())
 
     # ------------------------------------------------------------------ planning
     def _prefill_estimate(self, decode_tokens: int) -> tuple[int, int]:

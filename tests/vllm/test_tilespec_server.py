@@ -65,13 +65,10 @@ def test_code_editing_accepts_drafts_and_counters_match_vllms(server):
 
 
 def test_engine_processes_run_the_drafter_on_one_numba_thread(server):
-    import psutil
-
-    children = psutil.Process(server.proc.pid).children(recursive=True)
-    assert children, "vllm serve started no engine process"
-    for p in children:
-        assert p.environ().get("NUMBA_NUM_THREADS") == "1", p.cmdline()
-    assert "prompt-lookup drafter on one numba thread" in server.log_text()
+    """The API process sets the limit; the engine process (where the drafter runs) reports what it got."""
+    log = server.log_text()
+    assert "prompt-lookup drafter on one numba thread" in log
+    assert "TileSpec: engine process numba: NUMBA_NUM_THREADS=1" in log
 
 
 def test_tiles_calibrate_reads_a_running_servers_calibration(server, tmp_path):
