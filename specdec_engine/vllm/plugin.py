@@ -125,6 +125,9 @@ def register() -> None:
         return
     from . import fast_path, warmup
 
+    if not compat.check({"rejection_sampler.expand_batch_to_tokens"}):
+        # a vLLM bug on CPU, fixed for every speculative method (plain ngram too); GPU tensors are untouched
+        compat.install_patch("rejection_sampler.expand_batch_to_tokens", compat.cpu_expand_fix)
     compat.install_patch("create_speculative_config", _wrap_create_speculative_config)
     compat.install_patch("executor.compile_or_warm_up_model", warmup.make_warmup_wrapper)
     if not compat.check({"runner._prepare_inputs", "runner.sample_tokens", "runner.take_draft_token_ids",

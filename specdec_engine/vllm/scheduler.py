@@ -184,6 +184,8 @@ class TileSpecScheduler(Scheduler):
             i = index.get(rid)
             if i is None or not sampled or i >= len(sampled) or not sampled[i]:
                 continue
+            if self._skipped_by_vllm(rid):
+                continue
             gen = sampled[i]
             acc = min(max(len(gen) - 1, 0), k)
             if row is None:  # padding drafts: counted like vLLM counts them, never learned from
@@ -208,6 +210,20 @@ class TileSpecScheduler(Scheduler):
         self._policy.learn(np.array(rows).reshape(-1, K), np.array(ks, dtype=np.int64),
                            np.array(accs, dtype=np.int64), np.array(groups, dtype=np.int64))
         self._policy.learn_shadow(shadow_scores, shadow_hits, shadow_groups)
+
+    def _skipped_by_vllm(self, rid: str) -> bool:
+        """Outputs vLLM's ``update_from_output`` drops, so our counters skip them too (they must equal vLLM's).
+
+        A request aborted while the step ran (a client that hung up) is gone or finished by the time its output
+        arrives; a preempted request resumed in the same step may carry stale output that vLLM discards.
+        """
+        requests = getattr(self, "requests", None)  # vLLM's rid -> Request map (an instance attribute)
+        if requests is None:
+            return False
+        req = requests.get(rid)
+        if req is None or req.is_finished():
+            return True
+        return getattr(req, "num_stale_output_tokens", 0) > 0 and getattr(req, "drop_stale_output", False)
 
     def update_from_output(self, scheduler_output, model_runner_output):
         if self._policy is not None and self._t_step is not None:

@@ -7,6 +7,7 @@ workload that switches speculation off last.
 import concurrent.futures as cf
 import shutil
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ from vllm_engine_helpers import code_edit_prompts
 
 from specdec_profiler.vllm_server import VLLMServer, metric_sum
 
+AIPERF = Path(__file__).resolve().parents[2] / ".venv-aiperf" / "bin" / "aiperf"
 DOCUMENTED = ["specdec_steps_total", "specdec_steps_spec_off_total", "specdec_drafts_total",
               "specdec_draft_tokens_total", "specdec_accepted_tokens_total",
               "specdec_accepted_tokens_per_pos_total", "specdec_chosen_k_bucket", "specdec_chosen_k_count",
@@ -107,6 +109,28 @@ def test_aa_benchmark_reports_acceptance_while_speculating(server, tmp_path):
     assert sd["acceptance_length"] == pytest.approx(1 + sd["accepted_tokens"] / sd["drafts"])
     assert sd["specdec"]["specdec_drafts_total"] > 0
     assert (tmp_path / "aa-1k" / "summary.png").is_file()
+
+
+@pytest.mark.skipif(not AIPERF.is_file(), reason=".venv-aiperf missing: run `make aiperf-venv`")
+def test_aa_aiperf_driver_reports_acceptance_while_speculating(server, target_model, tmp_path):
+    """`specdec aa --driver aiperf` (the real AIPerf 0.13.0) against tilespec: acceptance filled from the window."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "specdec_profiler.cli", "aa", "--driver", "aiperf", "--tokenizer",
+                          str(target_model), "--endpoint", server.url, "--model", "tiny", "--shapes", "aa-1k",
+                          "--mode", "dataset-replay", "--scale", "0.05", "--requests", "4", "--concurrency", "2",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    s = json.loads((tmp_path / "aa-1k" / "summary.json").read_text())
+    m, sd = s["metrics"], s["spec_decode"]
+    assert m["ok"] == 4 and s["errors"]["count"] == 0 and m["output_tokens"] == 4 * 50
+    for k in ("ttft_ms", "ttfo_ms", "tpot_ms", "e2e_ms"):
+        assert set(m[k]) == {"mean", "p50", "p90", "p99"}, k
+    assert s["context"]["driver"] == "aiperf 0.13.0"
+    assert sd["metrics_available"] and sd["drafts"] > 0 and sd["accept_rate"] is not None
+    assert sd["acceptance_length"] == pytest.approx(1 + sd["accepted_tokens"] / sd["drafts"])
 
 
 def test_chat_completions_work(server):

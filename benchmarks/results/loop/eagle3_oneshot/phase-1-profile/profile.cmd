@@ -1,0 +1,1 @@
+specdec profile --in access.jsonl --out /tmp/loopdemo/w/exp-20261122-184643-e0168a/phase-1-profile/workload-profile.json --tokenizer /root/.cache/specdec-engine/models/tiny-target-4f3331b36600 --model-config /root/.cache/specdec-engine/models/tiny-target-4f3331b36600 --write-redacted /tmp/loopdemo/w/exp-20261122-184643-e0168a/phase-1-profile/traffic.redacted.jsonl --no-progress

@@ -1,0 +1,1 @@
+specdec corpus --profile /tmp/loopdemo/w/exp-20261122-184643-e0168a/phase-1-profile/workload-profile.json --traffic /tmp/loopdemo/w/exp-20261122-184643-e0168a/phase-1-profile/traffic.redacted.jsonl --out /tmp/loopdemo/w/exp-20261122-184643-e0168a/phase-2-corpus/corpus.jsonl --chat-template /root/.cache/specdec-engine/models/tiny-target-4f3331b36600 --no-redact

@@ -1,0 +1,1 @@
+specdec train --backend local --method eagle3 --corpus /tmp/loopdemo/w/exp-20261122-184643-e0168a/phase-2-corpus/corpus.jsonl --target /root/.cache/specdec-engine/models/tiny-target-4f3331b36600 --out /tmp/loopdemo/w/exp-20261122-184643-e0168a/phase-3-train/draft
