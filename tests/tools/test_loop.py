@@ -102,7 +102,10 @@ def test_candidate_is_tilespec_where_the_adapter_supports_the_drafter():
     cfg, note = promote.candidate_config("ngram", None)
     assert cfg["method"] == "tilespec" and cfg["base"] == "ngram"
     cfg, note = promote.candidate_config("eagle3", "/d")
-    assert cfg == {"method": "eagle3", "num_speculative_tokens": 3, "model": "/d"} and "fixed K=3" in note
+    assert cfg == {"method": "tilespec", "base": "eagle3", "num_speculative_tokens": 3, "model": "/d"}
+    assert "K chosen per request" in note
+    mtp, note = promote.candidate_config("mtp", None)  # a drafter the adapter does not run under tilespec yet
+    assert mtp == {"method": "mtp", "num_speculative_tokens": 1} and "fixed K=1" in note
     r = promote.render(cfg, "/t", "/d")
     assert "--speculative-config" in r["vllm"] and "--speculative-algorithm TILESPEC" in r["sglang"]
     with pytest.raises(UsageError, match="predicted_outputs"):

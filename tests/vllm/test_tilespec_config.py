@@ -22,7 +22,7 @@ def test_split_passes_vllm_keys_through_and_validates_ours():
     ({"num_speculative_tokens": 4, "fallback": {"accept_floor": 3}}, "'fallback.accept_floor'"),
     ({"num_speculative_tokens": 4, "fallback": {"nope": 3}}, "'fallback.nope'"),
     ({"num_speculative_tokens": 4, "base": "medusa"}, "'base'"),
-    ({"num_speculative_tokens": 4, "base": "eagle3"}, "not supported by this version"),
+    ({"num_speculative_tokens": 4, "base": "mtp"}, "not supported by this version"),
     ({}, "'num_speculative_tokens' is required"),
     ({"num_speculative_tokens": 0}, "positive integer"),
     ({"num_speculative_tokens": 4, "num_speculative_tokens_per_batch_size": [[1, 8, 2]]}, "cannot be combined"),
@@ -70,3 +70,24 @@ def test_compat_check_passes_on_the_installed_vllm():
 
     assert compat.check() == []
     assert compat.extend_scheduler_stats() is True
+
+
+def test_tilespec_chooses_the_v1_runner_and_synchronous_scheduling(target_model, tmp_path, monkeypatch):
+    """The policy needs real drafts and accept counts each step: V1 runner, no async scheduling (logged)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    spec = {"method": "tilespec", "num_speculative_tokens": 4, "cache_dir": str(tmp_path)}
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+    cfg = EngineArgs(model=str(target_model), dtype="float32", enforce_eager=True, max_model_len=512,
+                     speculative_config=dict(spec)).create_engine_config()
+    import os
+
+    assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0" and not cfg.use_v2_model_runner
+    assert not cfg.scheduler_config.async_scheduling
+    with pytest.raises(TileSpecConfigError, match="--async-scheduling"):
+        EngineArgs(model=str(target_model), dtype="float32", enforce_eager=True, max_model_len=512,
+                   async_scheduling=True, speculative_config=dict(spec)).create_engine_config()
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    with pytest.raises(TileSpecConfigError, match="VLLM_USE_V2_MODEL_RUNNER=1"):
+        EngineArgs(model=str(target_model), dtype="float32", enforce_eager=True, max_model_len=512,
+                   speculative_config=dict(spec)).create_engine_config()
