@@ -32,7 +32,17 @@ import re
 from pathlib import Path
 
 from ..errors import UsageError
-from .trainer import LOG_SCHEMA, simulated_acc_len
+
+LOG_SCHEMA = "specdec_eagle3_train_v1"  # the local trainer's training_log.json
+
+
+def simulated_acc_len(acc: list[float]) -> float:
+    """``sum_k prod_{i<=k} acc_i``: expected accepted draft tokens per drafting step (no bonus token)."""
+    total, run = 0.0, 1.0
+    for a in acc:
+        run *= a
+        total += run
+    return total
 
 _ACC_KEY = re.compile(r"^(train|eval)/(?:epoch_?)?acc_?(\d+)$")
 _LOSS_KEY = re.compile(r"^(train|eval)/(?:epoch_?)?ploss_?(\d+)$")

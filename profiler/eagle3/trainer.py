@@ -38,9 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from .capture import Captured, capture, probe
+from .logs import LOG_SCHEMA, simulated_acc_len  # torch-free, shared with the tuner
 from .model import Eagle3Head, HeadConfig
-
-LOG_SCHEMA = "specdec_eagle3_train_v1"
 
 
 @dataclass(frozen=True)
@@ -61,15 +60,6 @@ class TrainConfig:
 
 class GateError(RuntimeError):
     """Training did not learn (loss flat or acc_0 at chance): the head is not exported."""
-
-
-def simulated_acc_len(acc: list[float]) -> float:
-    """``sum_k prod_{i<=k} acc_i``: expected accepted draft tokens per drafting step (no bonus token)."""
-    total, run = 0.0, 1.0
-    for a in acc:
-        run *= a
-        total += run
-    return total
 
 
 def head_config_for(target_cfg, aux_ids: tuple[int, ...], draft_vocab: int) -> HeadConfig:

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
+from ..eagle3.logs import simulated_acc_len  # torch-free (the trainer itself is imported lazily)
 from ..errors import UsageError
 
 
@@ -58,14 +59,6 @@ class TrialRunner(Protocol):
     def train(self, config: dict, until_samples: int, workdir: Path, resume: bool) -> TrainRecord: ...
 
     def measure(self, export_dir: str) -> float: ...
-
-
-def simulated_acc_len(acc: list[float]) -> float:
-    total, prod = 0.0, 1.0
-    for a in acc:
-        prod *= a
-        total += prod
-    return total
 
 
 class SyntheticRunner:

@@ -84,6 +84,8 @@ class StepTimeFit:
         self.max_per_draft_ms = max_per_draft_ms
         self.n = 0
         self._w = self._x = self._y = self._xx = self._xy = 0.0
+        self._depth_sums: np.ndarray | None = None  # [d, d*d, drafts*d, residual*d] once depth is given
+        self._last_coef = (0.0, 0.0)                # (per_draft, per_depth) of the last solve_with_depth
 
     def add(self, drafts: float, residual_ms: float, depth: float | None = None) -> None:
         keep = 1.0 - self.decay
@@ -92,11 +94,10 @@ class StepTimeFit:
         self._y = self._y * keep + residual_ms
         self._xx = self._xx * keep + drafts * drafts
         self._xy = self._xy * keep + drafts * residual_ms
-        if depth is not None:  # draft steps a model drafter ran in this step (see solve_with_depth)
-            d = self._depth_sums if hasattr(self, "_depth_sums") else np.zeros(4)
-            self._depth_sums = d * keep + np.array([depth, depth * depth, drafts * depth, residual_ms * depth])
-        elif hasattr(self, "_depth_sums"):
-            self._depth_sums = self._depth_sums * keep
+        if depth is not None or self._depth_sums is not None:  # see solve_with_depth
+            d = 0.0 if depth is None else float(depth)  # draft steps a model drafter ran in this step
+            prev = np.zeros(4) if self._depth_sums is None else self._depth_sums
+            self._depth_sums = prev * keep + np.array([d, d * d, drafts * d, residual_ms * d])
         self.n += 1
 
     def solve_with_depth(self) -> tuple[float, float, float]:
@@ -106,7 +107,7 @@ class StepTimeFit:
         depth (the deepest K), not the number of drafts. Both regressors vary together, so the weighted least
         squares keeps each coefficient >= 0 (a negative one is dropped and the other refitted alone).
         """
-        if self.n == 0 or not hasattr(self, "_depth_sums"):
+        if self.n == 0 or self._depth_sums is None:
             return (*self.solve(), 0.0)
         w = self._w
         mx, my = self._x / w, self._y / w
@@ -115,7 +116,7 @@ class StepTimeFit:
         vxd, vxy, vdy = mxd - mx * md, self._xy / w - mx * my, myd - md * my
         # Without enough variation (a policy that settled on one depth) the last estimates are kept: forgetting
         # them would make the drafter look free again and the plans swing back to deep drafts.
-        per_draft, per_depth = getattr(self, "_last_coef", (0.0, 0.0))
+        per_draft, per_depth = self._last_coef
         if self.n >= self.min_steps:
             det = vxx * vdd - vxd * vxd
             if vxx > 0.25 and vdd > 0.01 and det > 1e-6 * vxx * vdd:
@@ -182,9 +183,8 @@ class TileSpecPolicy:
     def use_depth_cost(self) -> None:
         """Charge plans by their deepest K at the learned per-draft-step cost of a model drafter."""
         self.depth_cost = True
-        if self.selector._cost_by_k is None:
-            self.selector._cost_by_k = np.zeros(self.k_max + 1)
-            self.selector._cost = 0.0
+        if not self.selector.cost_by_longest_draft:
+            self.selector.set_draft_cost(np.zeros(self.k_max + 1))
 
     def note_depth(self, depth: int) -> None:
         """Draft steps the drafter runs in the step just planned (after vLLM's own caps)."""
@@ -235,8 +235,7 @@ class TileSpecPolicy:
         self._last_gain = sel.gain
         self._last_predicted_ms = sel.predicted_ms
         self._last_drafts = int(sel.k.sum())
-        cost = self.selector._cost_by_k
-        self._last_depth_ms = float(cost[int(sel.k.max())]) if cost is not None and sel.k.size else 0.0
+        self._last_depth_ms = self.selector.longest_draft_cost_ms(int(sel.k.max())) if sel.k.size else 0.0
         self._count_k(sel.k)
         return StepPlan(sel.k, state, sel)
 
@@ -331,8 +330,7 @@ class TileSpecPolicy:
                 # a plan whose deepest K is k makes the drafter run min(k + 1, k_max) steps (the adapter's
                 # cap); the first step belongs to every plan (vLLM runs the drafter's first pass even at K=0)
                 sel.overhead_ms = overhead + self.per_depth_ms
-                ks = np.arange(self.k_max + 1)
-                sel._cost_by_k = self.per_depth_ms * np.minimum(ks, self.k_max - 1).astype(np.float64)
+                sel.set_draft_cost(self.per_depth_ms * np.minimum(np.arange(self.k_max + 1), self.k_max - 1))
             else:
                 self.step_time_fit.add(self._last_drafts, float(measured_ms) - forward)
                 sel.overhead_ms, sel.per_draft_ms = self.step_time_fit.solve()

@@ -92,6 +92,20 @@ class KSelector:
             raise ValueError(f"k_max must be >= 1, got {k_max}")
         self.latency = latency
         self.k_max = int(k_max)
+        self.set_draft_cost(draft_cost_ms)
+        self._padding = None if not token_padding else np.array(sorted(set(int(t) for t in token_padding)))
+        self.min_gain = float(min_gain)
+        # measured step = profiled forward + overhead + per_draft * drafts, learned online by the policy
+        # (TileSpecPolicy.observe_step_time): the overhead is what happens outside the forward (scheduling,
+        # sampling, drafting, IPC); per_draft what each verified draft costs beyond its share of the
+        # profiled forward (rejection sampling, bookkeeping, a busier host).
+        self.overhead_ms = 0.0
+        self.per_draft_ms = 0.0
+
+    def set_draft_cost(self, draft_cost_ms: float | Sequence[float]) -> None:
+        """The drafter's cost (ms) of a step: one number for any plan with drafts, or k_max+1 numbers indexed by
+        the plan's longest draft (a model drafter runs one forward per draft step; entry 0 is ignored)."""
+        k_max = self.k_max
         cost = np.atleast_1d(np.asarray(draft_cost_ms, dtype=np.float64))
         if cost.size == 1:
             self._cost_by_k = None
@@ -104,14 +118,14 @@ class KSelector:
             raise ValueError(f"draft_cost_ms must be one number or k_max+1={k_max + 1} numbers, got {cost.size}")
         if (cost < 0).any():
             raise ValueError("draft_cost_ms must be >= 0")
-        self._padding = None if not token_padding else np.array(sorted(set(int(t) for t in token_padding)))
-        self.min_gain = float(min_gain)
-        # measured step = profiled forward + overhead + per_draft * drafts, learned online by the policy
-        # (TileSpecPolicy.observe_step_time): the overhead is what happens outside the forward (scheduling,
-        # sampling, drafting, IPC); per_draft what each verified draft costs beyond its share of the
-        # profiled forward (rejection sampling, bookkeeping, a busier host).
-        self.overhead_ms = 0.0
-        self.per_draft_ms = 0.0
+
+    @property
+    def cost_by_longest_draft(self) -> bool:
+        return self._cost_by_k is not None
+
+    def longest_draft_cost_ms(self, longest: int) -> float:
+        """With a cost by longest draft: the drafter's cost of a plan whose longest draft is ``longest``."""
+        return float(self._cost_by_k[int(longest)]) if self._cost_by_k is not None else 0.0
 
     def _latency(self, seqs: int, tokens: np.ndarray) -> np.ndarray:
         if self._padding is not None:

@@ -23,6 +23,7 @@ from ..validation import format_validation_error
 METHOD = "tilespec"
 SUPPORTED_BASES = ("ngram", "eagle3", "draft_model")
 PLANNED_BASES = ("suffix", "eagle", "mtp")
+PROMPT_LOOKUP_BASES = ("ngram", "suffix")  # drafters without a model (no per-token confidence, no drafter KV)
 
 
 class TileSpecConfigError(ValueError):

@@ -48,15 +48,9 @@ def make_greedy_sample_wrapper(original: Callable) -> Callable:
         logits = self.model.compute_logits(hidden_states)
         token_ids, max_prob, _ = draft_confidence(logits)
         steps.append(max_prob)
-        return token_ids.to(logits.device, dtype=_argmax_dtype())
+        return token_ids.long()  # int64, as Tensor.argmax returns and vLLM's proposer expects
 
     return _greedy_sample
-
-
-def _argmax_dtype():
-    import torch
-
-    return torch.int64  # what Tensor.argmax returns, and what vLLM's proposer expects
 
 
 def make_propose_wrapper(original: Callable) -> Callable:

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import logging
 
+from .config import PROMPT_LOOKUP_BASES
+
 logger = logging.getLogger("specdec_engine.vllm")
-FAST_BASES = ("ngram", "suffix")
+FAST_BASES = PROMPT_LOOKUP_BASES
 DRAFTS_ATTR = "specdec_drafts"
 
 

@@ -33,6 +33,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 
 from ..policy import AcceptanceHistory, SpecState
 from . import compat, draft_confidence, fast_path
+from .config import PROMPT_LOOKUP_BASES
 from .runtime import runtime_for
 
 logger = logging.getLogger("specdec_engine.vllm")
@@ -85,7 +86,7 @@ class TileSpecScheduler(Scheduler):
         self._draft_conf: dict[str, list] = {}  # rid -> model drafter's per-token probabilities, latest proposal
         self.draft_conf_rows = 0                # proposals that came with confidences (model drafters)
         base = self._rt.cfg.base if self._rt is not None else "ngram"
-        self._model_drafter = base not in ("ngram", "suffix")
+        self._model_drafter = base not in PROMPT_LOOKUP_BASES
         self._depth = self._k_max               # draft steps the model drafter runs for the next step
         if self._model_drafter and self._policy is not None:
             self._policy.use_depth_cost()
