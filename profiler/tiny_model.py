@@ -231,20 +231,21 @@ def _write_generation_config(out: Path, tok) -> None:
 
 
 # --------------------------------------------------------------------------- manifest / reuse
-def _file_hashes(d: Path) -> dict[str, str]:
+def _file_hashes(d: Path, manifest: str = MANIFEST) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(d.iterdir()) if p.is_file() and p.name != MANIFEST}
+            for p in sorted(Path(d).iterdir()) if p.is_file() and p.name != manifest}
 
 
-def verify(d: Path, fingerprint: str) -> bool:
+def verify(d: Path, fingerprint: str, manifest: str = MANIFEST) -> bool:
+    """``d`` holds a complete build of ``fingerprint``: its manifest matches and every file's sha256 too."""
     try:
-        man = json.loads((d / MANIFEST).read_text())
+        man = json.loads((Path(d) / manifest).read_text())
     except (OSError, ValueError):
         return False
     if man.get("fingerprint") != fingerprint:
         return False
     try:
-        return _file_hashes(d) == man.get("files")
+        return _file_hashes(d, manifest) == man.get("files")
     except OSError:
         return False
 

@@ -22,7 +22,6 @@ tokenizer), and the head's vocabulary is the target's by construction.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -56,8 +55,9 @@ def hf_config(c: HeadConfig, target_cfg) -> dict:
 
 
 def file_hashes(d: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(d).iterdir()) if p.is_file() and p.name != MANIFEST}
+    from ..tiny_model import _file_hashes
+
+    return _file_hashes(d, MANIFEST)
 
 
 def export(head: Eagle3Head, target_cfg, out: Path, record: dict | None = None, manifest: dict | None = None) -> Path:

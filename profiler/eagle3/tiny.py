@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .export import MANIFEST, export, file_hashes
+from .export import MANIFEST, export
 
 RECIPE_VERSION = 2
 SEQ_LEN = 64
@@ -50,16 +50,9 @@ def fingerprint(target_dir: Path) -> str:
 
 
 def verify(d: Path, fp: str) -> bool:
-    try:
-        man = json.loads((Path(d) / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    if man.get("fingerprint") != fp:
-        return False
-    try:
-        return file_hashes(d) == man.get("files")
-    except OSError:
-        return False
+    from ..tiny_model import verify as verify_build
+
+    return verify_build(d, fp, MANIFEST)
 
 
 def build_eagle3(target_dir: Path, force: bool = False, log=print) -> Path:
