@@ -525,13 +525,6 @@ class Soak:
 
 
 # ----------------------------------------------------------------------------------------------- summary
-def percentile(values, q):
-    v = sorted(x for x in values if x is not None)
-    if not v:
-        return None
-    return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
-
-
 def resource_summary(series: list[dict], baseline_s: float, load_end_s: float) -> dict:
     procs: dict[str, list[tuple[float, float, int]]] = {}
     for row in series:
@@ -554,6 +547,8 @@ def resource_summary(series: list[dict], baseline_s: float, load_end_s: float) -
 
 
 def summarize(soak: Soak, args, info: dict) -> dict:
+    from specdec_profiler.loadgen import percentile
+
     load = [r for r in soak.records if r.get("kind") == "load"]
     greedy_reqs = [r for r in soak.records if r.get("kind") == "greedy_check"]
     errors: dict[str, int] = {}

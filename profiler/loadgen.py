@@ -125,13 +125,23 @@ async def run_load(base_url: str, model: str, prompts: list[str], concurrency: i
     return list(records), time.perf_counter() - t_origin
 
 
+def _nearest_rank(v: list, q: float):
+    return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
+
+
+def percentile(values, q: float):
+    """Nearest-rank ``q``-quantile (0..1) of the values that are not None; None if there are none."""
+    v = sorted(x for x in values if x is not None)
+    return _nearest_rank(v, q) if v else None
+
+
 def stat(values) -> dict | None:
     """mean / p50 / p90 / p99 (nearest rank) of the values that are not None; None if there are none."""
     v = sorted(x for x in values if x is not None)
     if not v:
         return None
-    q = lambda f: v[min(len(v) - 1, int(round(f * (len(v) - 1))))]  # noqa: E731
-    return {"mean": statistics.fmean(v), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99)}
+    return {"mean": statistics.fmean(v), "p50": _nearest_rank(v, 0.5), "p90": _nearest_rank(v, 0.9),
+            "p99": _nearest_rank(v, 0.99)}
 
 
 def summarize(records: list[RequestRecord], wall_s: float) -> dict:
