@@ -36,9 +36,10 @@ from pathlib import Path
 NGRAM = {"prompt_lookup_max": 4, "prompt_lookup_min": 2}
 DYNAMIC_SCHEDULE = [[1, 1, 8], [2, 4, 4], [5, 8, 2], [9, 1024, 1]]
 # Every arm gets what tilespec sets for itself (specdec_engine/vllm/numba_threads.py): vLLM's ngram drafter
-# uses one numba thread, and numba's idle pool of one thread per core starves the forward's OpenMP kernels on
-# CPU. Without it the static-K and dynamic arms would lose to tilespec for a reason that is not the policy.
-BASELINE_ENV = {"NUMBA_NUM_THREADS": "1"}
+# uses one numba thread, on numba's workqueue layer. numba's default pool of one thread per core starves the
+# forward's OpenMP kernels on CPU, and its OpenMP layer drops torch to one intra-op thread on the worker's main
+# thread. Without these the static-K and dynamic arms would lose to tilespec for a reason that is not the policy.
+BASELINE_ENV = {"NUMBA_NUM_THREADS": "1", "NUMBA_THREADING_LAYER": "workqueue"}
 
 
 # vLLM's dynamic schedule for a model drafter (K by batch size): deep drafts when the batch is small, shallow

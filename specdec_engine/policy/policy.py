@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .calibration import Calibration
+from .drafter_cost import DrafterCost
 from .fallback import FallbackConfig, FallbackController, SpecState
 from .latency_model import LatencyModel
 from .selector import KSelector, RateTracker, Selection
@@ -84,55 +85,15 @@ class StepTimeFit:
         self.max_per_draft_ms = max_per_draft_ms
         self.n = 0
         self._w = self._x = self._y = self._xx = self._xy = 0.0
-        self._depth_sums: np.ndarray | None = None  # [d, d*d, drafts*d, residual*d] once depth is given
-        self._last_coef = (0.0, 0.0)                # (per_draft, per_depth) of the last solve_with_depth
 
-    def add(self, drafts: float, residual_ms: float, depth: float | None = None) -> None:
+    def add(self, drafts: float, residual_ms: float) -> None:
         keep = 1.0 - self.decay
         self._w = self._w * keep + 1.0
         self._x = self._x * keep + drafts
         self._y = self._y * keep + residual_ms
         self._xx = self._xx * keep + drafts * drafts
         self._xy = self._xy * keep + drafts * residual_ms
-        if depth is not None or self._depth_sums is not None:  # see solve_with_depth
-            d = 0.0 if depth is None else float(depth)  # draft steps a model drafter ran in this step
-            prev = np.zeros(4) if self._depth_sums is None else self._depth_sums
-            self._depth_sums = prev * keep + np.array([d, d * d, drafts * d, residual_ms * d])
         self.n += 1
-
-    def solve_with_depth(self) -> tuple[float, float, float]:
-        """(overhead_ms, per_draft_ms, per_depth_ms) for ``residual = overhead + per_draft*drafts + per_depth*depth``.
-
-        A model drafter runs one forward per draft step for the whole batch: its cost follows the step's draft
-        depth (the deepest K), not the number of drafts. Both regressors vary together, so the weighted least
-        squares keeps each coefficient >= 0 (a negative one is dropped and the other refitted alone).
-        """
-        if self.n == 0 or self._depth_sums is None:
-            return (*self.solve(), 0.0)
-        w = self._w
-        mx, my = self._x / w, self._y / w
-        md, mdd, mxd, myd = (self._depth_sums / w).tolist()
-        vxx, vdd = self._xx / w - mx * mx, mdd - md * md
-        vxd, vxy, vdy = mxd - mx * md, self._xy / w - mx * my, myd - md * my
-        # Without enough variation (a policy that settled on one depth) the last estimates are kept: forgetting
-        # them would make the drafter look free again and the plans swing back to deep drafts.
-        per_draft, per_depth = self._last_coef
-        if self.n >= self.min_steps:
-            det = vxx * vdd - vxd * vxd
-            if vxx > 0.25 and vdd > 0.01 and det > 1e-6 * vxx * vdd:
-                per_draft = (vxy * vdd - vdy * vxd) / det
-                per_depth = (vdy * vxx - vxy * vxd) / det
-                if per_draft < 0 or per_depth < 0:  # keep the one that explains more of the variance
-                    a, b = max(0.0, vxy / vxx), max(0.0, vdy / vdd)
-                    per_draft, per_depth = (a, 0.0) if a * vxy >= b * vdy else (0.0, b)
-            elif vdd > 0.01:
-                per_depth = max(0.0, vdy / vdd)
-            elif vxx > 0.25:
-                per_draft = max(0.0, vxy / vxx)
-            per_draft = min(self.max_per_draft_ms, per_draft)
-            per_depth = min(self.max_per_draft_ms, per_depth)
-            self._last_coef = (per_draft, per_depth)
-        return max(0.0, my - per_draft * mx - per_depth * md), per_draft, per_depth
 
     def solve(self) -> tuple[float, float]:
         """(overhead_ms, per_draft_ms)."""
@@ -147,7 +108,6 @@ class StepTimeFit:
 
 
 class TileSpecPolicy:
-    DEPTH_PROBE_INTERVAL = 16  # with depth_cost: one planned step in this many caps the depth (exploration)
     def __init__(self, latency: LatencyModel, k_max: int, calibration: Calibration | None = None,
                  fallback: FallbackConfig | None = None, draft_cost_ms: float | list[float] = 0.0,
                  token_padding: list[int] | None = None, min_gain: float = 0.0,
@@ -172,23 +132,41 @@ class TileSpecPolicy:
         self._last_gain: float | None = None
         self._last_predicted_ms: float | None = None
         self._last_drafts = 0
-        # Model drafters (set by the engine adapter): the drafter's cost per draft step is learned and charged
-        # by the deepest K of a plan (KSelector's cost by k_max); note_depth tells what the drafter ran.
+        # Model drafters (set by the engine adapter): the drafter's own timings (observe_drafter) give its cost
+        # by batch size and depth, charged by the deepest K of a plan (KSelector's cost by k_max); note_depth
+        # tells what the drafter ran, so that the step-time fit sees the step without the drafter.
         self.depth_cost = False
-        self.per_depth_ms = 0.0
+        self.drafter: DrafterCost | None = None
         self.stats_steps_total = 0  # planned steps since start (self.stats restarts with every take_stats)
         self._last_depth: int | None = None
         self._last_depth_ms = 0.0
+        self._drafter_costs: np.ndarray | None = None  # cost by depth at the last plan's batch size
+        self._fit_overhead = 0.0                       # the step-time fit's overhead, without the drafter
 
     def use_depth_cost(self) -> None:
-        """Charge plans by their deepest K at the learned per-draft-step cost of a model drafter."""
+        """Charge plans by their deepest K at the model drafter's measured cost (see :meth:`observe_drafter`)."""
         self.depth_cost = True
+        self.drafter = self.drafter or DrafterCost()
         if not self.selector.cost_by_longest_draft:
             self.selector.set_draft_cost(np.zeros(self.k_max + 1))
+
+    def observe_drafter(self, batch: int, depth: int, total_ms: float, first_ms: float | None = None,
+                        step_ms: float | None = None) -> None:
+        """The drafter's own timing of one proposal (``DrafterCost.observe``)."""
+        if self.drafter is not None:
+            self.drafter.observe(batch, depth, total_ms, first_ms, step_ms)
 
     def note_depth(self, depth: int) -> None:
         """Draft steps the drafter runs in the step just planned (after vLLM's own caps)."""
         self._last_depth = int(depth)
+
+    def _charge_drafter(self, batch: int) -> None:
+        """Set the selector's drafter cost for a step of ``batch`` requests: the first pass runs in every plan
+        (overhead), each further draft step is charged by the plan's deepest K."""
+        costs = self.drafter.cost_by_depth(batch, self.k_max)
+        self._drafter_costs = costs
+        self.selector.set_draft_cost(costs - costs[0])
+        self.selector.overhead_ms = self._fit_overhead + float(costs[0])
 
     def set_latency_model(self, latency: LatencyModel) -> None:
         """Swap in a (re-)profiled latency model; the selector keeps its other settings."""
@@ -206,6 +184,8 @@ class TileSpecPolicy:
         self._last_predicted_ms = None
         self._last_drafts = 0
         self._last_depth_ms = 0.0
+        if self.depth_cost:
+            self._charge_drafter(B + extra_seqs)
         if B == 0:  # decode requests, but no drafts: nothing to verify, and no evidence either way
             self._last_gain = None
             self.stats.steps_spec_off += 1
@@ -222,12 +202,6 @@ class TileSpecPolicy:
             self._count_k(np.zeros(B, np.int64))
             return StepPlan(np.zeros(B, np.int64), state, None)
         force = self._probe_rows(raw) if self.fallback.exploring else None
-        if self.depth_cost and self.stats_steps_total % self.DEPTH_PROBE_INTERVAL == 0:
-            # the drafter's per-step cost is only learnable if the depth varies: every few steps, cap the
-            # plan at a depth that cycles through 0..k_max-1
-            cap = (self.stats_steps_total // self.DEPTH_PROBE_INTERVAL) % self.k_max
-            n_avail = np.minimum(np.full(B, self.k_max) if n_avail is None else np.asarray(n_avail), cap)
-            force = None
         key = B + extra_seqs
         sel = self.selector.select(cal, n_avail, extra_tokens=extra_tokens, extra_seqs=extra_seqs,
                                    force_rows=force, rate=self.rates.rate(key), extra_outputs=extra_outputs)
@@ -324,13 +298,14 @@ class TileSpecPolicy:
             sel = self.selector
             forward = (self._last_predicted_ms - sel.overhead_ms - sel.per_draft_ms * self._last_drafts
                        - self._last_depth_ms)
-            if self.depth_cost and self._last_depth is not None:
-                self.step_time_fit.add(self._last_drafts, float(measured_ms) - forward, depth=self._last_depth)
-                overhead, sel.per_draft_ms, self.per_depth_ms = self.step_time_fit.solve_with_depth()
-                # a plan whose deepest K is k makes the drafter run min(k + 1, k_max) steps (the adapter's
-                # cap); the first step belongs to every plan (vLLM runs the drafter's first pass even at K=0)
-                sel.overhead_ms = overhead + self.per_depth_ms
-                sel.set_draft_cost(self.per_depth_ms * np.minimum(np.arange(self.k_max + 1), self.k_max - 1))
+            if self.depth_cost and self._drafter_costs is not None:
+                # the drafter's share of the step is known from its own timing: fit the rest
+                costs = self._drafter_costs
+                depth = self._last_depth if self._last_depth is not None else 0
+                drafter_ms = float(costs[min(max(depth, 0), self.k_max)])
+                self.step_time_fit.add(self._last_drafts, float(measured_ms) - forward - drafter_ms)
+                self._fit_overhead, sel.per_draft_ms = self.step_time_fit.solve()
+                sel.overhead_ms = self._fit_overhead + float(costs[0])
             else:
                 self.step_time_fit.add(self._last_drafts, float(measured_ms) - forward)
                 sel.overhead_ms, sel.per_draft_ms = self.step_time_fit.solve()

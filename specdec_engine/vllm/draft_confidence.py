@@ -12,6 +12,12 @@ the batch. vLLM computes those logits and keeps only their argmax, so three wrap
   ``specdec_conf`` of vLLM's ``DraftTokenIds`` (same request order; a dataclass instance attribute survives
   the pickle between worker and engine core).
 
+The same wrappers time each proposal (``specdec_draft_time`` on ``DraftTokenIds``: requests, depth, total,
+first pass with its sample, mean further draft step; wall clock on CPU, CUDA events on a GPU, read once the
+drafts have reached the CPU). The policy charges plans by the drafter's depth at that cost
+(``specdec_engine.policy.drafter_cost``): regressing the step time on depth and drafts together put the
+drafter's cost into the wrong term.
+
 Only engines configured with ``method: tilespec`` capture (``additional_config["tilespec"]``); paths vLLM
 takes that do not go through ``_greedy_sample`` (probabilistic drafting for sampled batches, local argmax
 reduction, heterogeneous vocabularies) send no confidence, and the scheduler then scores those requests by
@@ -20,11 +26,47 @@ their acceptance history, as for prompt lookup.
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 CONF_ATTR = "specdec_conf"
+TIME_ATTR = "specdec_draft_time"
 _STEPS = "_specdec_conf_steps"
 _LAST = "_specdec_last_conf"
+_MARKS = "_specdec_marks"
+_LAST_TIME = "_specdec_last_time"
+
+
+def _mark(proposer):
+    """A point in time on the drafter's device: a recorded CUDA event, or the wall clock (CPU runs in order)."""
+    device = getattr(proposer, "device", None)
+    if getattr(device, "type", "cpu") == "cuda":
+        import torch
+
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
+    return time.perf_counter()
+
+
+def _ms(a, b) -> float:
+    if isinstance(a, float):
+        return (b - a) * 1000.0
+    b.synchronize()
+    return float(a.elapsed_time(b))
+
+
+def proposal_timing(batch: int, depth: int, marks: list) -> dict | None:
+    """{requests, depth, total_ms, first_ms, step_ms} from [start, after each sampled draft step..., end]."""
+    if len(marks) < 2:
+        return None
+    start, samples, end = marks[0], marks[1:-1], marks[-1]
+    out = {"batch": int(batch), "depth": int(depth), "total_ms": _ms(start, end), "first_ms": None, "step_ms": None}
+    if samples and len(samples) == depth:
+        out["first_ms"] = _ms(start, samples[0])
+        if depth > 1:
+            out["step_ms"] = _ms(samples[0], samples[-1]) / (depth - 1)
+    return out
 
 
 def _captures(proposer) -> bool:
@@ -48,6 +90,9 @@ def make_greedy_sample_wrapper(original: Callable) -> Callable:
         logits = self.model.compute_logits(hidden_states)
         token_ids, max_prob, _ = draft_confidence(logits)
         steps.append(max_prob)
+        marks = getattr(self, _MARKS, None)
+        if marks is not None:
+            marks.append(_mark(self))
         return token_ids.long()  # int64, as Tensor.argmax returns and vLLM's proposer expects
 
     return _greedy_sample
@@ -59,8 +104,14 @@ def make_propose_wrapper(original: Callable) -> Callable:
             return original(self, *args, **kwargs)
         setattr(self, _STEPS, [])
         setattr(self, _LAST, None)
+        setattr(self, _LAST_TIME, None)
+        setattr(self, _MARKS, [_mark(self)])
         try:
             drafts = original(self, *args, **kwargs)
+            marks = getattr(self, _MARKS)
+            if drafts is not None and hasattr(drafts, "shape") and drafts.dim() == 2:
+                marks.append(_mark(self))
+                setattr(self, _LAST_TIME, (int(drafts.shape[0]), int(drafts.shape[1]), marks))
             steps = getattr(self, _STEPS)
             if steps and drafts is not None and hasattr(drafts, "shape") and drafts.dim() == 2:
                 import torch
@@ -71,6 +122,7 @@ def make_propose_wrapper(original: Callable) -> Callable:
             return drafts
         finally:
             setattr(self, _STEPS, None)
+            setattr(self, _MARKS, None)
 
     return propose
 
@@ -82,6 +134,13 @@ def make_take_draft_token_ids_wrapper(original: Callable) -> Callable:
         conf = getattr(drafter, _LAST, None) if drafter is not None else None
         if out is not None and conf is not None and conf.shape[0] >= len(out.req_ids):
             setattr(out, CONF_ATTR, conf[: len(out.req_ids)].float().cpu().tolist())
+        timing = getattr(drafter, _LAST_TIME, None) if drafter is not None else None
+        if out is not None and timing is not None:
+            setattr(drafter, _LAST_TIME, None)
+            try:
+                setattr(out, TIME_ATTR, proposal_timing(*timing))
+            except Exception:  # noqa: BLE001 - a timing we cannot read costs the policy one sample, nothing more
+                pass
         return out
 
     return take_draft_token_ids

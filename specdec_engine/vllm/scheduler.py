@@ -66,6 +66,7 @@ def _pure_decode(scheduler_output) -> bool:
 
 class TileSpecScheduler(Scheduler):
     LOG_INTERVAL_S = 30.0
+    GROW_EVERY = 8  # model drafters: a saturated plan deepens the next proposal on every GROW_EVERY-th step
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -88,10 +89,13 @@ class TileSpecScheduler(Scheduler):
         base = self._rt.cfg.base if self._rt is not None else "ngram"
         self._model_drafter = base not in PROMPT_LOOKUP_BASES
         self._depth = self._k_max               # draft steps the model drafter runs for the next step
+        self._saturated_steps = 0               # plans that verified a whole proposal (see _next_depth)
         if self._model_drafter and self._policy is not None:
             self._policy.use_depth_cost()
         self._planned: list[tuple] = []        # (rid, raw scores, full proposal, class) of this step
         self._t_step: float | None = None
+        self._t_done: float | None = None       # when the last update_from_output returned, requests running
+        self._gap_ms = 0.0                      # mean time between steps (see update_from_output)
         self._stats_ok = compat.extend_scheduler_stats()
         self._last_log = time.monotonic()
         self._unplanned = [0, 0, 0]  # drafts vLLM scheduled without us (resume padding): requests, tokens, accepted
@@ -159,16 +163,37 @@ class TileSpecScheduler(Scheduler):
                         None if plan.selection is None else round(plan.selection.gain, 3),
                         None if plan.selection is None else round(plan.selection.expected_tokens, 2),
                         extra_tokens, extra_seqs)
-        if self._model_drafter and rows:
-            # the next proposal needs to be only one deeper than the deepest draft verified now (see schedule)
-            self._depth = int(min(self._k_max, int(plan.k.max()) + 1))
+        if self._model_drafter:
+            self._depth = self._next_depth(int(plan.k.max()) if rows else 0, rows, n_avail)
         for r, k, row, cls in zip(rows, plan.k.tolist(), raw, classes):
             proposal = list(r.spec_token_ids)
             r.spec_token_ids = proposal[:k]
             self._planned.append((r.request_id, row, proposal, cls))
 
+    def _next_depth(self, k_deepest: int, rows, n_avail) -> int:
+        """Draft steps for the next proposal: as deep as the deepest K verified now, one deeper now and then.
+
+        The drafter pays a forward per step for the whole batch, so drafting deeper than the policy verifies
+        is waste; but a proposal only as deep as today's plan would never let K grow. When the plan took the
+        whole proposal of some request (saturated), the next proposal is one step deeper on the first such
+        step and then every GROW_EVERY-th, so that the extra step's cost is paid rarely. At least one step
+        while speculating: vLLM's first pass runs anyway, and its draft is what the policy scores.
+        """
+        saturated = bool(rows) and k_deepest > 0 and k_deepest >= int(max(n_avail)) and k_deepest >= self._depth
+        if saturated:
+            self._saturated_steps += 1
+        grow = saturated and self._saturated_steps % self.GROW_EVERY == 1
+        return int(min(self._k_max, max(1, k_deepest + (1 if grow else 0))))
+
+    GAP_LIMIT_MS = 1000.0  # a longer pause between steps is the engine waiting for work, not its cost
+
     def schedule(self, *args, **kwargs):
         t0 = time.perf_counter()
+        if self._t_done is not None:
+            gap = (t0 - self._t_done) * 1000.0
+            if gap < self.GAP_LIMIT_MS:
+                self._gap_ms += 0.05 * (gap - self._gap_ms)
+            self._t_done = None
         if self._policy is not None:
             try:
                 self._plan()
@@ -196,7 +221,7 @@ class TileSpecScheduler(Scheduler):
                 # drafter's first pass over the step's tokens, so its KV cache never goes stale.
                 out.num_spec_tokens_to_schedule = self._depth
             if self._model_drafter:
-                self._policy.note_depth(out.num_spec_tokens_to_schedule)  # its cost is fitted per draft step
+                self._policy.note_depth(out.num_spec_tokens_to_schedule)  # the step time's drafter share
             self._t_step = t0
         return out
 
@@ -252,7 +277,11 @@ class TileSpecScheduler(Scheduler):
 
     def update_from_output(self, scheduler_output, model_runner_output):
         if self._policy is not None and self._t_step is not None:
-            measured_ms = (time.perf_counter() - self._t_step) * 1000.0
+            # A step's cost to the engine is the whole cycle: from schedule() to the end of update_from_output,
+            # plus what the engine does between two steps (draft hand-over, output processing, new requests),
+            # which every step pays once whatever its K. Leaving the gap out made plans undervalue tokens per
+            # step (measured in-process, tiny target + EAGLE-3 head, 1 request: ~3 ms between 6 ms steps).
+            measured_ms = (time.perf_counter() - self._t_step) * 1000.0 + self._gap_ms
             try:
                 before = self._policy.fallback.transitions
                 self._learn(model_runner_output)
@@ -286,6 +315,7 @@ class TileSpecScheduler(Scheduler):
         if self._policy is not None:
             self._rt.maybe_save_calibration()
             self._maybe_log()
+            self._t_done = time.perf_counter() if self.running else None
         return result
 
     # ------------------------------------------------------------------ reporting
@@ -299,7 +329,7 @@ class TileSpecScheduler(Scheduler):
                     "step = profiled forward + %.2f ms + %.2f ms per draft%s", p.fallback.state.name.lower(),
                     p.fallback.last_reason, p.fallback.acceptance, p.calibration.summary()["ece_prequential"],
                     p.calibration.n_pairs, p.selector.overhead_ms, p.selector.per_draft_ms,
-                    f" + {p.per_depth_ms:.2f} ms per draft step beyond the first" if p.depth_cost else "")
+                    f"; drafter {p.drafter.summary(max(1, len(self.running)))}" if p.drafter else "")
 
     def make_stats(self, *args, **kwargs):
         stats = super().make_stats(*args, **kwargs)
@@ -320,6 +350,10 @@ class TileSpecScheduler(Scheduler):
         conf = getattr(draft_token_ids, draft_confidence.CONF_ATTR, None)
         self._draft_conf = dict(zip(draft_token_ids.req_ids, conf)) if conf is not None else {}
         self.draft_conf_rows += len(self._draft_conf)
+        timing = getattr(draft_token_ids, draft_confidence.TIME_ATTR, None)
+        if timing and self._policy is not None:
+            self._policy.observe_drafter(timing["batch"], timing["depth"], timing["total_ms"], timing["first_ms"],
+                                         timing["step_ms"])
         return super().update_draft_token_ids(draft_token_ids, *args, **kwargs)
 
     def _free_request(self, request, *args, **kwargs):

@@ -67,3 +67,18 @@ def test_bad_input_is_named(tmp_path):
     np.savez(p, **arrs)
     with pytest.raises(CalibrationError, match="more accepted"):
         Calibration.load(p)
+
+
+def test_serving_path_refits_in_batches_reports_are_current():
+    """The per-step lookup refits after REFIT_MIN_PAIRS new pairs (cost); p_accept and ECE see every pair."""
+    cal = Calibration(n_bins=10, prior_strength=1.0)
+    cal.REFIT_MAX_AGE_S = 1e9
+    before = float(cal([0.95])[0])
+    cal.update(np.full(8, 0.95), np.zeros(8))          # a few pairs: the served map lags
+    assert float(cal([0.95])[0]) == before
+    assert cal.p_accept[0, -1] < 0.5                    # the report does not
+    cal.update(np.full(cal.REFIT_MIN_PAIRS, 0.95), np.zeros(cal.REFIT_MIN_PAIRS))
+    assert float(cal([0.95])[0]) < 0.5                  # enough new pairs: the served map follows
+    cal.update(np.full(4, 0.05), np.ones(4))
+    cal.refit()
+    assert float(cal([0.05])[0]) == pytest.approx(cal.p_accept[0, 0], abs=0.05)

@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 
 from specdec_engine.policy import Calibration, FallbackConfig, SpecState, TileSpecPolicy
@@ -35,34 +36,47 @@ def test_useless_drafts_switch_speculation_off_and_it_stays_cheap(h100_model):
     assert st.steps_spec_off > 200
 
 
-def test_step_time_fit_separates_drafter_steps_from_verified_drafts():
-    """A model drafter costs per draft step (the deepest K), verification per draft: both are recovered."""
-    from specdec_engine.policy.policy import StepTimeFit
+def test_drafter_cost_from_its_own_timings_by_batch_and_depth():
+    """Proposal cost = first pass + (depth - 1) x draft step, per batch-size bucket; unseen buckets borrow."""
+    from specdec_engine.policy.drafter_cost import DrafterCost
 
-    rng = np.random.default_rng(0)
-    fit = StepTimeFit(decay=0.0)
-    for _ in range(400):
-        depth = int(rng.integers(0, 8))
-        drafts = int(rng.integers(0, 4 * depth + 1))
-        fit.add(drafts, 3.0 + 0.2 * drafts + 1.5 * depth + rng.normal(0, 0.05), depth=depth)
-    overhead, per_draft, per_depth = fit.solve_with_depth()
-    assert abs(overhead - 3.0) < 0.1 and abs(per_draft - 0.2) < 0.02 and abs(per_depth - 1.5) < 0.03
+    dc = DrafterCost(decay=0.5)
+    assert dc.cost_by_depth(4, 3).tolist() == [0.0, 0.0, 0.0, 0.0]  # nothing timed: free, as before
+    for _ in range(20):
+        dc.observe(1, 3, total_ms=2.3 + 2 * 1.15, first_ms=2.3, step_ms=1.15)
+        dc.observe(16, 1, total_ms=4.8, first_ms=4.8)
+        dc.observe(16, 0, total_ms=4.2)
+    np.testing.assert_allclose(dc.cost_by_depth(1, 4), [2.3, 2.3, 3.45, 4.6, 5.75])
+    c16 = dc.cost_by_depth(16, 3)  # no deep proposal at 16 requests timed yet: the nearest bucket's step,
+    assert c16[0] == 4.2 and c16[1] == 4.8  # scaled by the ratio of the first passes
+    assert c16[2] - c16[1] == pytest.approx(1.15 * 4.8 / 2.3)
+    dc.observe(16, 3, total_ms=4.8 + 2 * 2.4, first_ms=4.8, step_ms=2.4)
+    assert dc.cost_by_depth(16, 3)[3] - dc.cost_by_depth(16, 3)[1] == pytest.approx(2 * 2.4)
+    assert dc.cost_by_depth(64, 1)[1] == 4.8  # a bucket never seen borrows the nearest
+    dc.observe(0, 1, total_ms=1.0)      # ignored: no requests
+    dc.observe(4, 1, total_ms=float("nan"))
+    assert dc.observations == 61
+    only_first = DrafterCost()
+    only_first.observe(2, 1, total_ms=3.0)
+    assert only_first.cost_by_depth(2, 3).tolist() == [3.0, 3.0, 4.5, 6.0]  # a step: half a first pass
 
 
 def test_depth_cost_turns_a_costly_model_drafter_off_and_keeps_a_cheap_one():
-    """With the drafter's per-step cost learned, plans stop drafting when a draft step costs more than it earns."""
+    """With the drafter's timings, plans stop drafting deep when a draft step costs more than it earns."""
     from specdec_engine.policy import LatencyModel
 
     lat = LatencyModel.from_samples([(b, n, 5.0 + 0.01 * n) for b in (1, 4, 8) for n in range(b, 41)])
     rng = np.random.default_rng(0)
-    for per_step, want_spec in ((20.0, False), (0.2, True)):
+    for per_step, want_deep in ((20.0, False), (0.2, True)):
         pol = TileSpecPolicy(lat, 4, learn_overhead=True)
         pol.use_depth_cost()
         for _ in range(300):
-            raw = np.cumprod(rng.uniform(0.2, 0.5, (4, 4)), axis=1)
+            raw = np.cumprod(rng.uniform(0.5, 0.9, (4, 4)), axis=1)
             plan = pol.plan(raw)
-            depth = min(4, int(plan.k.max()) + 1)
+            depth = max(1, int(plan.k.max()))
             pol.note_depth(depth)
-            pol.observe_step_time(5.0 + 0.01 * (4 + int(plan.k.sum())) + per_step * depth)
-        ks = [int(pol.plan(np.full((4, 4), 0.3) ** np.arange(1, 5)).k.max()) for _ in range(5)]
-        assert (max(ks) > 0) == want_spec, (per_step, pol.per_depth_ms, ks)
+            pol.observe_drafter(4, depth, 1.0 + per_step * (depth - 1), first_ms=1.0,
+                                step_ms=per_step if depth > 1 else None)
+            pol.observe_step_time(5.0 + 0.01 * (4 + int(plan.k.sum())) + 1.0 + per_step * (depth - 1))
+        ks = [int(pol.plan(np.full((4, 4), 0.8) ** np.arange(1, 5)).k.max()) for _ in range(5)]
+        assert (max(ks) > 1) == want_deep, (per_step, pol.drafter.summary(4), ks)

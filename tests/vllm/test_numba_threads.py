@@ -27,9 +27,29 @@ def test_numba_imported_but_idle_gets_a_pool_of_one():
         f(np.ones(64))
         import os
         print(numba.config.NUMBA_NUM_THREADS, numba.get_num_threads(), os.environ["NUMBA_NUM_THREADS"])
-    """, {"NUMBA_NUM_THREADS": None})
+    """, {"NUMBA_NUM_THREADS": None, "NUMBA_THREADING_LAYER": None})
     assert out.splitlines()[-1] == "1 1 1"
     assert "this process" in out
+
+
+def test_drafter_pool_leaves_torch_its_threads():
+    """The forward's matmuls keep every core after the drafter ran (numba's OpenMP layer would set them to 1)."""
+    out = _run("""
+        import torch
+        torch.set_num_threads(2)
+        import numba, numpy as np
+        from specdec_engine.vllm.numba_threads import limit_numba_threads
+        limit_numba_threads()
+        @numba.njit(parallel=True)
+        def f(a):
+            s = 0.0
+            for i in numba.prange(a.shape[0]):
+                s += a[i]
+            return s
+        f(np.ones(64))
+        print(numba.threading_layer(), torch.get_num_threads())
+    """, {"NUMBA_NUM_THREADS": None, "NUMBA_THREADING_LAYER": None})
+    assert out.splitlines()[-1] == "workqueue 2"
 
 
 def test_operator_setting_is_left_alone():
@@ -37,5 +57,11 @@ def test_operator_setting_is_left_alone():
         from specdec_engine.vllm.numba_threads import limit_numba_threads
         import os
         print(limit_numba_threads()); print(os.environ["NUMBA_NUM_THREADS"])
-    """, {"NUMBA_NUM_THREADS": "2"})
-    assert "set by the operator" in out and out.splitlines()[-1] == "2"
+    """, {"NUMBA_NUM_THREADS": "2", "NUMBA_THREADING_LAYER": None})
+    assert "NUMBA_NUM_THREADS=2 set by the operator" in out and out.splitlines()[-1] == "2"
+    out = _run("""
+        from specdec_engine.vllm.numba_threads import limit_numba_threads
+        import os
+        print(limit_numba_threads()); print(os.environ["NUMBA_THREADING_LAYER"], os.environ["NUMBA_NUM_THREADS"])
+    """, {"NUMBA_NUM_THREADS": None, "NUMBA_THREADING_LAYER": "omp"})
+    assert "NUMBA_THREADING_LAYER=omp set by the operator" in out and out.splitlines()[-1] == "omp 1"

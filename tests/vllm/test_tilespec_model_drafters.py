@@ -2,7 +2,7 @@
 `base: draft_model` with the tiny draft, in the real engine (offline LLM, float32).
 
 What a user relies on: greedy output equals no speculation token for token; the drafter's per-token
-probabilities reach the scheduler (draft_confidence.py) and the calibration learned from real accept outcomes
+probabilities and timings reach the scheduler (draft_confidence.py) and the calibration learned from real accept outcomes
 is better calibrated than the raw cumulative confidence.
 """
 
@@ -22,6 +22,8 @@ if spec is not None:
     sch = llm.llm_engine.engine_core.engine_core.scheduler
     out["conf_rows"] = sch.draft_conf_rows
     out["calibration"] = sch._policy.calibration.summary()
+    d = sch._policy.drafter
+    out["drafter"] = {"observations": d.observations, "costs": d.cost_by_depth(4, 3).tolist()}
 print("RESULT " + json.dumps(out))
 '''
 
@@ -44,5 +46,7 @@ def test_tilespec_over_eagle3_and_draft_model_is_lossless_and_calibrates_draft_c
         bad = [i for i, (w, g) in enumerate(zip(want["ids"], got["ids"])) if w != g]
         assert not bad, f"{base}: greedy prompts {bad} differ from no speculation"
         assert got["conf_rows"] > 20, got  # the drafter's probabilities reached the scheduler
+        drafter = got["drafter"]  # ...and its own timings: a proposal costs more the deeper it drafts
+        assert drafter["observations"] > 20 and 0 < drafter["costs"][1] < drafter["costs"][3], drafter
         cal = got["calibration"]
         assert cal["n_pairs"] > 100 and cal["ece"] < cal["ece_raw"], cal
