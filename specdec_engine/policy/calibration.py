@@ -77,12 +77,14 @@ class Calibration:
     """
 
     TABLE = 1024  # lookup resolution of the fitted maps
-    # The serving path (``__call__``, every engine step) refits only after this many new pairs, or this share
-    # of those already fitted, or REFIT_MAX_AGE_S: one refit (an isotonic fit and a lookup table per group and
-    # position) costs ~1.4 ms with 28 maps on one CPU core, which was 5-10% of a step of the tiny models.
+    # Once the maps hold REFIT_WARM_PAIRS pairs, the serving path (``__call__``, every engine step) refits only
+    # after REFIT_MIN_PAIRS new pairs, or REFIT_SHARE of those already fitted, or REFIT_MAX_AGE_S: one refit
+    # (an isotonic fit and a lookup table per group and position) costs ~1.4 ms with 28 maps on one CPU core,
+    # which was 5-10% of a step of the tiny models.
     # A map a few dozen pairs stale changes nothing the selector could see; reports (``p_accept``, ECE,
     # saving) always refit.
     REFIT_MIN_PAIRS = 64
+    REFIT_WARM_PAIRS = 1000  # until the maps have seen this many pairs, every new pair matters: refit each call
     REFIT_SHARE = 0.02
     REFIT_MAX_AGE_S = 2.0
 
@@ -139,6 +141,8 @@ class Calibration:
 
     def _refit_due(self) -> bool:
         new = self.n_pairs - self._pairs_at_fit
+        if self._pairs_at_fit < self.REFIT_WARM_PAIRS:
+            return True
         return (new >= max(self.REFIT_MIN_PAIRS, self.REFIT_SHARE * self._pairs_at_fit) or new < 0
                 or time.monotonic() - self._fit_time >= self.REFIT_MAX_AGE_S)
 

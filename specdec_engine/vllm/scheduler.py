@@ -67,6 +67,7 @@ def _pure_decode(scheduler_output) -> bool:
 class TileSpecScheduler(Scheduler):
     LOG_INTERVAL_S = 30.0
     GROW_EVERY = 8  # model drafters: a saturated plan deepens the next proposal on every GROW_EVERY-th step
+    GAP_LIMIT_MS = 1000.0  # a longer pause between steps is the engine waiting for work, not its cost
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -184,8 +185,6 @@ class TileSpecScheduler(Scheduler):
             self._saturated_steps += 1
         grow = saturated and self._saturated_steps % self.GROW_EVERY == 1
         return int(min(self._k_max, max(1, k_deepest + (1 if grow else 0))))
-
-    GAP_LIMIT_MS = 1000.0  # a longer pause between steps is the engine waiting for work, not its cost
 
     def schedule(self, *args, **kwargs):
         t0 = time.perf_counter()

@@ -70,9 +70,11 @@ def test_bad_input_is_named(tmp_path):
 
 
 def test_serving_path_refits_in_batches_reports_are_current():
-    """The per-step lookup refits after REFIT_MIN_PAIRS new pairs (cost); p_accept and ECE see every pair."""
+    """Once warm, the per-step lookup refits after REFIT_MIN_PAIRS new pairs (cost); reports see every pair."""
     cal = Calibration(n_bins=10, prior_strength=1.0)
     cal.REFIT_MAX_AGE_S = 1e9
+    cal.update(np.full(cal.REFIT_WARM_PAIRS, 0.5), np.ones(cal.REFIT_WARM_PAIRS) * (np.arange(1000) % 2))
+    cal.refit()
     before = float(cal([0.95])[0])
     cal.update(np.full(8, 0.95), np.zeros(8))          # a few pairs: the served map lags
     assert float(cal([0.95])[0]) == before
