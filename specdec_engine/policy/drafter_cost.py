@@ -84,13 +84,13 @@ class DrafterCost:
             if k is None:
                 return STEP_PRIOR_SHARE * first
             first_k = self._own(k, 1)
-            scale = first / first_k if first_k > 0 and not math.isnan(first_k) and first > 0 else 1.0
+            scale = first / first_k if first_k > 0 and first > 0 else 1.0  # NaN > 0 is False
             return self._b[k][2] * scale
         k = self._nearest(bucket, i)
         if k is not None:
             return self._b[k][i]
-        if i == 0:  # depth 0 never timed: the first pass with its sample is an upper bound
-            return self._get(bucket, 1) if self._nearest(bucket, 1) is not None else 0.0
+        if i == 0:  # depth 0 never timed: the first pass with its sample is an upper bound (0.0 if none)
+            return self._get(bucket, 1)
         return 0.0
 
     def cost_by_depth(self, batch: int, k_max: int) -> np.ndarray:

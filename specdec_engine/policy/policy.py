@@ -135,7 +135,6 @@ class TileSpecPolicy:
         # Model drafters (set by the engine adapter): the drafter's own timings (observe_drafter) give its cost
         # by batch size and depth, charged by the deepest K of a plan (KSelector's cost by k_max); note_depth
         # tells what the drafter ran, so that the step-time fit sees the step without the drafter.
-        self.depth_cost = False
         self.drafter: DrafterCost | None = None
         self.stats_steps_total = 0  # planned steps since start (self.stats restarts with every take_stats)
         self._last_depth: int | None = None
@@ -143,9 +142,13 @@ class TileSpecPolicy:
         self._drafter_costs: np.ndarray | None = None  # cost by depth at the last plan's batch size
         self._fit_overhead = 0.0                       # the step-time fit's overhead, without the drafter
 
+    @property
+    def depth_cost(self) -> bool:
+        """Whether plans are charged by their deepest K at a model drafter's measured cost."""
+        return self.drafter is not None
+
     def use_depth_cost(self) -> None:
         """Charge plans by their deepest K at the model drafter's measured cost (see :meth:`observe_drafter`)."""
-        self.depth_cost = True
         self.drafter = self.drafter or DrafterCost()
         if not self.selector.cost_by_longest_draft:
             self.selector.set_draft_cost(np.zeros(self.k_max + 1))

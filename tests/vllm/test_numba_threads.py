@@ -6,8 +6,20 @@ import sys
 import textwrap
 
 
+# what vLLM's NgramProposer does: numba parallel code, which starts numba's pool (inserted by _run)
+RUN_PARALLEL = textwrap.dedent("""
+    @numba.njit(parallel=True)
+    def f(a):
+        s = 0.0
+        for i in numba.prange(a.shape[0]):
+            s += a[i]
+        return s
+    f(np.ones(64))""")
+
+
 def _run(code: str, env: dict) -> str:
-    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
+    code = textwrap.dedent(code).replace("{RUN_PARALLEL}", RUN_PARALLEL.strip())
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={k: v for k, v in {**os.environ, **env}.items() if v is not None})
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout.strip()
@@ -18,13 +30,7 @@ def test_numba_imported_but_idle_gets_a_pool_of_one():
         import numba, numpy as np
         from specdec_engine.vllm.numba_threads import limit_numba_threads
         print(limit_numba_threads())
-        @numba.njit(parallel=True)
-        def f(a):
-            s = 0.0
-            for i in numba.prange(a.shape[0]):
-                s += a[i]
-            return s
-        f(np.ones(64))
+        {RUN_PARALLEL}
         import os
         print(numba.config.NUMBA_NUM_THREADS, numba.get_num_threads(), os.environ["NUMBA_NUM_THREADS"])
     """, {"NUMBA_NUM_THREADS": None, "NUMBA_THREADING_LAYER": None})
@@ -40,13 +46,7 @@ def test_drafter_pool_leaves_torch_its_threads():
         import numba, numpy as np
         from specdec_engine.vllm.numba_threads import limit_numba_threads
         limit_numba_threads()
-        @numba.njit(parallel=True)
-        def f(a):
-            s = 0.0
-            for i in numba.prange(a.shape[0]):
-                s += a[i]
-            return s
-        f(np.ones(64))
+        {RUN_PARALLEL}
         print(numba.threading_layer(), torch.get_num_threads())
     """, {"NUMBA_NUM_THREADS": None, "NUMBA_THREADING_LAYER": None})
     assert out.splitlines()[-1] == "workqueue 2"
