@@ -45,6 +45,24 @@ def test_edge_rows_are_defined():
     assert not torch.isnan(torch.stack([prob, ent])).any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("t", [1.0, 0.7])
+def test_serving_path_without_entropy_gives_the_same_outputs(dtype, t):
+    """The drafter calls the twin without entropy on every draft step (a shorter path): same ids, probabilities
+    and logsumexp as the full path, edge rows included."""
+    x = _logits(6, 300, dtype, seed=3)
+    x[0, :] = float("-inf")
+    x[1, :] = float("-inf")
+    x[1, 17] = 2.0
+    x[2, 5], x[2, 250] = 30.0, 30.0
+    full = draft_confidence_torch(x, t, return_entropy=True)[:3]
+    short = draft_confidence_torch(x, t)
+    assert torch.equal(short[0], full[0])
+    torch.testing.assert_close(short[1], full[1], rtol=0, atol=0)
+    torch.testing.assert_close(short[2], full[2], rtol=0, atol=0)
+    assert short[1][0] == 0 and not torch.isnan(short[1]).any()
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="temperature"):
         draft_confidence(torch.zeros(2, 3), temperature=0)

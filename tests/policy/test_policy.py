@@ -61,6 +61,21 @@ def test_drafter_cost_from_its_own_timings_by_batch_and_depth():
     assert only_first.cost_by_depth(2, 3).tolist() == [3.0, 3.0, 4.5, 6.0]  # a step: half a first pass
 
 
+def test_a_stalled_proposal_moves_the_drafter_cost_by_a_bounded_step():
+    """One proposal stalled by the host (20x the usual time) must not make every draft step look expensive."""
+    from specdec_engine.policy.drafter_cost import SPIKE, DrafterCost
+
+    dc = DrafterCost(decay=0.05)
+    for _ in range(50):
+        dc.observe(1, 3, total_ms=3.0, first_ms=1.0, step_ms=1.0)
+    dc.observe(1, 3, total_ms=41.0, first_ms=1.0, step_ms=20.0)
+    step = dc.cost_by_depth(1, 2)[2] - dc.cost_by_depth(1, 2)[1]
+    assert step == pytest.approx(1.0 + 0.05 * (SPIKE - 1.0))
+    for _ in range(100):  # a lasting slow-down is still learned, SPIKE x per observation at most
+        dc.observe(1, 3, total_ms=9.0, first_ms=1.0, step_ms=4.0)
+    assert dc.cost_by_depth(1, 2)[2] - dc.cost_by_depth(1, 2)[1] == pytest.approx(4.0, rel=0.01)
+
+
 def test_depth_cost_turns_a_costly_model_drafter_off_and_keeps_a_cheap_one():
     """With the drafter's timings, plans stop drafting deep when a draft step costs more than it earns."""
     from specdec_engine.policy import LatencyModel
