@@ -48,24 +48,20 @@ def draft_confidence_torch(logits: torch.Tensor, temperature: float = 1.0, retur
     _check(logits, temperature)
     x = logits.float() / temperature if (temperature != 1.0 or logits.dtype != torch.float32) else logits
     vals, ids = x.max(dim=-1)
+    lse = torch.logsumexp(x, dim=-1)
     if not return_entropy:
         # the serving path on CPU (every draft step): four ops instead of nine, same results; an all -inf row
         # gives NaN in exp(-inf - -inf), which is its defined max_prob 0
-        lse = torch.logsumexp(x, dim=-1)
         max_prob = torch.exp(vals - lse).nan_to_num_(0.0)
         return ids.masked_fill_(torch.isneginf(vals), 0), max_prob, lse
-    lse = torch.logsumexp(x, dim=-1)
     dead = torch.isneginf(vals)
     safe_lse = torch.where(dead, torch.zeros_like(lse), lse)
     max_prob = torch.where(dead, torch.zeros_like(lse), torch.exp(vals - safe_lse))
     ids = torch.where(dead, torch.zeros_like(ids), ids)
-    out = (ids, max_prob, lse)
-    if return_entropy:
-        p = torch.exp(x - safe_lse[:, None])
-        px = torch.where(torch.isneginf(x), torch.zeros_like(x), p * x)
-        ent = torch.where(dead, torch.zeros_like(lse), lse - px.sum(dim=-1))
-        out = out + (ent,)
-    return out
+    p = torch.exp(x - safe_lse[:, None])
+    px = torch.where(torch.isneginf(x), torch.zeros_like(x), p * x)
+    ent = torch.where(dead, torch.zeros_like(lse), lse - px.sum(dim=-1))
+    return ids, max_prob, lse, ent
 
 
 if HAS_TRITON:

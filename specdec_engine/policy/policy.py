@@ -136,7 +136,6 @@ class TileSpecPolicy:
         # by batch size and depth, charged by the deepest K of a plan (KSelector's cost by k_max); note_depth
         # tells what the drafter ran, so that the step-time fit sees the step without the drafter.
         self.drafter: DrafterCost | None = None
-        self.stats_steps_total = 0  # planned steps since start (self.stats restarts with every take_stats)
         self._last_depth: int | None = None
         self._last_depth_ms = 0.0
         self._drafter_costs: np.ndarray | None = None  # cost by depth at the last plan's batch size
@@ -183,7 +182,6 @@ class TileSpecPolicy:
         B = raw.shape[0]
         state = self.fallback.state
         self.stats.steps += 1
-        self.stats_steps_total += 1
         self._last_predicted_ms = None
         self._last_drafts = 0
         self._last_depth_ms = 0.0

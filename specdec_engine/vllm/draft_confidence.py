@@ -108,12 +108,13 @@ def make_propose_wrapper(original: Callable) -> Callable:
         setattr(self, _MARKS, [_mark(self)])
         try:
             drafts = original(self, *args, **kwargs)
+            if drafts is None or not hasattr(drafts, "shape") or drafts.dim() != 2:
+                return drafts
             marks = getattr(self, _MARKS)
-            if drafts is not None and hasattr(drafts, "shape") and drafts.dim() == 2:
-                marks.append(_mark(self))
-                setattr(self, _LAST_TIME, (int(drafts.shape[0]), int(drafts.shape[1]), marks))
+            marks.append(_mark(self))
+            setattr(self, _LAST_TIME, (int(drafts.shape[0]), int(drafts.shape[1]), marks))
             steps = getattr(self, _STEPS)
-            if steps and drafts is not None and hasattr(drafts, "shape") and drafts.dim() == 2:
+            if steps:
                 import torch
 
                 conf = torch.stack(steps, dim=1) if len(steps) > 1 else steps[0].view(drafts.shape[0], -1)
