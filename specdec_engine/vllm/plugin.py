@@ -12,10 +12,12 @@ wrappers (checked by :mod:`compat`):
   any other method passes through untouched;
 - ``Executor.compile_or_warm_up_model``: after vLLM's own warmup, profile (or
   load) the latency model, for tilespec engines only;
-- ``GPUModelRunner._prepare_inputs`` / ``sample_tokens`` (worker) and
-  ``EngineCore.post_step``: the lean path of ``fast_path.py`` (no rejection
-  sampler on steps without drafts; drafts returned with the step's output
-  instead of by a second RPC), tilespec engines with prompt lookup only.
+- ``GPUModelRunner._prepare_inputs`` / ``sample_tokens`` /
+  ``propose_draft_token_ids`` (worker) and ``EngineCore.post_step``: the lean
+  path of ``fast_path.py`` (no rejection sampler on steps without drafts; no
+  prompt-lookup search when no draft is wanted; drafts returned with the
+  step's output instead of by a second RPC), tilespec engines with prompt
+  lookup only.
 
 For ``base: "ngram"`` the rewrite also limits numba's thread pool to one
 thread (``numba_threads.py``: vLLM's drafter uses one, the idle rest starve
@@ -171,8 +173,9 @@ def register() -> None:
         compat.install_patch("proposer.propose", draft_confidence.make_propose_wrapper)
         compat.install_patch("runner.take_draft_token_ids.conf", draft_confidence.make_take_draft_token_ids_wrapper)
     if not compat.check({"runner._prepare_inputs", "runner.sample_tokens", "runner.take_draft_token_ids",
-                         "engine_core.post_step"}):
+                         "runner.propose_draft_token_ids", "engine_core.post_step"}):
         compat.install_patch("runner._prepare_inputs", fast_path.make_prepare_inputs_wrapper)
+        compat.install_patch("runner.propose_draft_token_ids", fast_path.make_propose_wrapper)
         compat.install_patch("runner.sample_tokens", fast_path.make_sample_tokens_wrapper)
         compat.install_patch("engine_core.post_step", fast_path.make_post_step_wrapper)
     compat.extend_scheduler_stats()

@@ -8,6 +8,11 @@ Set as ``scheduler_cls`` by the config rewrite (see ``plugin.py``). Per step:
    calibrated), estimates the prefill tokens sharing the forward, chooses K
    per request (0 allowed) and the drafts are cut to that length before
    vLLM schedules the step. vLLM can only cut further (token budget).
+   It then sets how deep the drafter proposes after the step
+   (``_proposal_depth``): nothing while off for lack of acceptance (a probe
+   comes early when requests of another group arrive: ``wake_for_groups``),
+   only as deep as recent plans verify for a model drafter, and for prompt
+   lookup on one step in four while plans keep verifying nothing.
 2. ``update_from_output()``: each request's accepted count is
    ``len(sampled) - 1``, exactly as vLLM computes it; the policy learns from
    it (calibration, fallback) and from the measured step time. A draft that
@@ -69,6 +74,9 @@ class TileSpecScheduler(Scheduler):
     LOG_INTERVAL_S = 30.0
     GROW_EVERY = 2  # model drafters: a saturated plan deepens the next proposal on every GROW_EVERY-th step
     DEPTH_WINDOW = 4  # model drafters: the next proposal is as deep as the deepest K of this many recent plans
+    DECLINE_MEMORY = 8  # model drafters: no deeper proposal while one of this many recent plans left drafts unused
+    QUIET_PLANS = 16      # prompt lookup: after this many plans in a row verified no draft ...
+    QUIET_DRAFT_EVERY = 4  # ... propose on one step in this many, until a plan verifies a draft again
     GAP_LIMIT_MS = 1000.0  # a longer pause between steps is the engine waiting for work, not its cost
 
     def __init__(self, *args, **kwargs):
@@ -94,8 +102,11 @@ class TileSpecScheduler(Scheduler):
         self._depth = self._k_max               # draft steps the model drafter runs for the next step
         self._saturated_steps = 0               # plans that verified a whole proposal (see _next_depth)
         self._recent_k = collections.deque(maxlen=self.DEPTH_WINDOW)  # deepest K of the last plans
+        self._declined = collections.deque(maxlen=self.DECLINE_MEMORY)  # recent plans that left drafts unused
         if self._model_drafter and self._policy is not None:
             self._policy.use_depth_cost()
+        self._quiet_plans = 0                   # plans with drafts in a row that verified none (QUIET_PLANS)
+        self._quiet_steps = 0                   # steps scheduled in the quiet spell (QUIET_DRAFT_EVERY)
         self._planned: list[tuple] = []        # (rid, raw scores, full proposal, class) of this step
         self._t_step: float | None = None
         self._t_done: float | None = None       # when the last update_from_output returned, requests running
@@ -144,6 +155,11 @@ class TileSpecScheduler(Scheduler):
         self._planned = []
         if not decode:
             return
+        fb = pol.fallback
+        if fb.state == SpecState.OFF and not fb.off_for_gain:  # nothing drafted: see who is running
+            groups = {request_group(r) for r in decode}
+            if pol.wake_for_groups({g: self._history.global_rate(g) for g in groups}):
+                logger.info("TileSpec: speculation probing: %s", fb.last_reason)
         n_avail = np.array([
             max(0, min(len(r.spec_token_ids), r.max_tokens - r.num_output_tokens - 1,
                        self.max_model_len - r.num_tokens - 1)) for r in rows], dtype=np.int64)
@@ -161,6 +177,8 @@ class TileSpecScheduler(Scheduler):
         no_draft = len(decode) - len(rows)
         plan = pol.plan(raw, n_avail, extra_tokens=extra_tokens + no_draft, extra_seqs=extra_seqs + no_draft,
                         groups=np.array(classes, dtype=np.int64), extra_outputs=no_draft)
+        if rows:
+            self._note_plan(bool(plan.k.any()))
         if self._model_drafter:
             self._depth = self._next_depth(int(plan.k.max()) if rows else 0, rows, n_avail)
         if _DEBUG:
@@ -185,15 +203,46 @@ class TileSpecScheduler(Scheduler):
         one-draft proposal could only grow it slowly (measured in ``vllm serve``, tiny target + EAGLE-3 head,
         1 request: mean K 2.0 and 2.2 tokens per step against 2.4 for a static K=3). A window of recent plans
         keeps the depth the policy has been choosing; a saturated plan (it verified a whole proposal) deepens
-        the next one on every GROW_EVERY-th such step. At least one step while speculating: vLLM's first
-        pass runs anyway, and its draft is what the policy scores.
+        the next one on every GROW_EVERY-th such step, unless one of the last DECLINE_MEMORY plans had a
+        deeper draft and left it unused: then the policy has just said what one more draft is worth, and
+        growing again only pays a draft step for the whole batch that the next plan declines (measured
+        in-process, 16 requests, tiny target + EAGLE-3 head: plans took K=3 of 4 drafts, saturated at 3,
+        grew back to 4, and so on; one wasted draft step on every other step). At least one step while
+        speculating: vLLM's first pass runs anyway, and its draft is what the policy scores.
         """
-        saturated = bool(rows) and k_deepest > 0 and k_deepest >= int(max(n_avail)) and k_deepest >= self._depth
+        deepest_avail = int(max(n_avail)) if rows else 0
+        saturated = bool(rows) and k_deepest > 0 and k_deepest >= deepest_avail and k_deepest >= self._depth
         if saturated:
             self._saturated_steps += 1
-        grow = saturated and (self._saturated_steps - 1) % self.GROW_EVERY == 0
+        grow = saturated and (self._saturated_steps - 1) % self.GROW_EVERY == 0 and not any(self._declined)
+        self._declined.append(bool(rows) and k_deepest < deepest_avail)
         self._recent_k.append(k_deepest)
         return int(min(self._k_max, max(1, max(self._recent_k), k_deepest + (1 if grow else 0))))
+
+    def _proposal_depth(self, requested: int) -> int:
+        """Draft tokens the drafter proposes after this step (vLLM's ``num_spec_tokens_to_schedule``)."""
+        fb = self._policy.fallback
+        if not fb.drafting_useful:
+            return 0  # off for lack of acceptance: do not draft at all
+        if self._model_drafter:
+            # A model drafter pays one forward per draft step for the whole batch, whatever K each request then
+            # gets: draft only as deep as the policy is likely to verify. At 0 vLLM still runs the drafter's
+            # first pass over the step's tokens, so its KV cache never goes stale.
+            return min(requested, self._depth)
+        if self._quiet_plans >= self.QUIET_PLANS and fb.state != SpecState.PROBE:
+            # The last QUIET_PLANS plans with drafts verified none (off for lack of gain, or on with every draft
+            # judged not worth its cost: open generation at temperature 1). Plans on fresh drafts still tell
+            # when speculation pays again, but they need not come every step: prompt lookup searches every
+            # request's context per proposal (fast_path skips it at 0) and each plan scores the drafts, the
+            # engine's only costs above no speculation on such traffic. A plan that verifies a draft ends the
+            # quiet spell (_note_plan).
+            self._quiet_steps += 1
+            return requested if self._quiet_steps % self.QUIET_DRAFT_EVERY == 0 else 0
+        return requested
+
+    def _note_plan(self, verified_any: bool) -> None:
+        """Count plans with drafts in a row that verified none (the quiet spell of _proposal_depth)."""
+        self._quiet_plans = 0 if verified_any else self._quiet_plans + 1
 
     def schedule(self, *args, **kwargs):
         t0 = time.perf_counter()
@@ -221,13 +270,7 @@ class TileSpecScheduler(Scheduler):
                     self._unplanned[0] += 1
                     self._unplanned[1] += len(toks)
                     self._inflight[rid] = (None, len(toks), [], None)
-            if not self._policy.fallback.drafting_useful:
-                out.num_spec_tokens_to_schedule = 0  # off for lack of acceptance: do not draft at all
-            elif self._model_drafter and out.num_spec_tokens_to_schedule > self._depth:
-                # A model drafter pays one forward per draft step for the whole batch, whatever K each request
-                # then gets: draft only as deep as the policy is likely to verify. At 0 vLLM still runs the
-                # drafter's first pass over the step's tokens, so its KV cache never goes stale.
-                out.num_spec_tokens_to_schedule = self._depth
+            out.num_spec_tokens_to_schedule = self._proposal_depth(out.num_spec_tokens_to_schedule)
             if self._model_drafter:
                 self._policy.note_depth(out.num_spec_tokens_to_schedule)  # the step time's drafter share
             self._t_step = t0
@@ -334,9 +377,10 @@ class TileSpecScheduler(Scheduler):
         self._last_log = now
         p = self._policy
         logger.info("TileSpec: state=%s (%s), first-draft acceptance %.2f, calibration ECE %s over %d pairs, "
-                    "step = profiled forward + %.2f ms + %.2f ms per draft%s", p.fallback.state.name.lower(),
+                    "step = profiled forward + %s%s", p.fallback.state.name.lower(),
                     p.fallback.last_reason, p.fallback.acceptance, p.calibration.summary()["ece_prequential"],
-                    p.calibration.n_pairs, p.selector.overhead_ms, p.selector.per_draft_ms,
+                    p.calibration.n_pairs, ", ".join(f"{o:.2f} ms + {d:.2f} ms per draft at {b} seqs" for b, (o, d)
+                                                     in p.step_time_fit.buckets().items()) or "(not fitted yet)",
                     f"; drafter {p.drafter.summary(max(1, len(self.running)))}" if p.drafter else "")
 
     def make_stats(self, *args, **kwargs):

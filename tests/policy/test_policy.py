@@ -95,3 +95,51 @@ def test_depth_cost_turns_a_costly_model_drafter_off_and_keeps_a_cheap_one():
             pol.observe_step_time(5.0 + 0.01 * (4 + int(plan.k.sum())) + 1.0 + per_step * (depth - 1))
         ks = [int(pol.plan(np.full((4, 4), 0.8) ** np.arange(1, 5)).k.max()) for _ in range(5)]
         assert (max(ks) > 1) == want_deep, (per_step, pol.drafter.summary(4), ks)
+
+
+def test_step_time_outside_the_forward_is_learned_per_batch_size():
+    """A step of 16 requests that costs 12 ms more than the profile says is predicted so, without making steps of
+    one request (2 ms more) look as costly: one overhead for all batch sizes was wrong for both."""
+    from specdec_engine.policy import LatencyModel
+
+    lat = LatencyModel.from_samples([(b, n, 5.0 + 0.01 * n) for b in (1, 4, 16) for n in range(b, 9 * b)])
+    pol = TileSpecPolicy(lat, 4, learn_overhead=True)
+    extra = {1: 2.0, 16: 12.0}
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        b = 1 if i % 2 else 16
+        raw = np.cumprod(rng.uniform(0.5, 0.9, (b, 4)), axis=1)
+        plan = pol.plan(raw)
+        pol.observe_step_time(5.0 + 0.01 * (b + int(plan.k.sum())) + extra[b])
+    for b in (1, 16):
+        plan = pol.plan(np.full((b, 4), 0.8) ** np.arange(1, 5))
+        truth = 5.0 + 0.01 * (b + int(plan.k.sum())) + extra[b]
+        assert plan.selection.predicted_ms == pytest.approx(truth, rel=0.02), b
+    fits = pol.step_time_fit.buckets()
+    assert set(fits) == {1, 16} and fits[16][0] == pytest.approx(12.0, rel=0.02)
+    # a batch size never seen borrows the nearest one that has been: 12 requests take 16's fit
+    assert pol.step_time_fit.solve(12) == fits[16]
+
+
+def test_greedy_requests_arriving_after_sampled_traffic_switched_it_off_probe_at_once(h100_model):
+    """OFF for lack of acceptance is engine-wide, but its evidence came from the requests that ran (temperature
+    1, group 2): greedy requests (group 0), whose own acceptance is high, get a probe at once instead of waiting
+    for the probe interval; a group that a failed probe just tested does not wake it again."""
+    pol = TileSpecPolicy(h100_model, 4, calibration=Calibration(n_positions=8), n_groups=2,
+                         fallback=FallbackConfig(min_dwell_steps=10, patience_steps=1000, window=32,
+                                                 probe_interval_steps=10_000, probe_max_interval_steps=10_000))
+    raw = np.full((8, 4), 0.9) ** np.arange(1, 5)
+    sampled = np.ones(8, np.int64)
+    for _ in range(200):  # sampled traffic: sure drafts, never accepted
+        plan = pol.plan(raw, groups=sampled)
+        pol.learn(raw, plan.k, np.zeros(8, np.int64), sampled)
+    assert pol.fallback.state == SpecState.OFF and not pol.fallback.off_for_gain
+    assert not pol.wake_for_groups({1: 0.01})          # the same traffic: stays off
+    assert pol.wake_for_groups({0: 0.6, 1: 0.01})      # greedy requests arrive: probe now
+    assert pol.fallback.state == SpecState.PROBE
+    greedy = np.zeros(8, np.int64)
+    for _ in range(20):  # ...but their drafts fail too: the probe fails, and greedy does not wake it again
+        plan = pol.plan(raw, groups=greedy)
+        pol.learn(raw, plan.k, np.zeros(8, np.int64), greedy)
+    assert pol.fallback.state == SpecState.OFF
+    assert not pol.wake_for_groups({0: 0.6})

@@ -13,6 +13,7 @@ def _scheduler(k_max=7):
     s = object.__new__(TileSpecScheduler)
     s._k_max, s._depth, s._saturated_steps = k_max, k_max, 0
     s._recent_k = collections.deque(maxlen=TileSpecScheduler.DEPTH_WINDOW)
+    s._declined = collections.deque(maxlen=TileSpecScheduler.DECLINE_MEMORY)
     return s
 
 
@@ -31,7 +32,7 @@ def test_one_unsure_step_does_not_cut_the_next_proposals():
 
 def test_saturated_plans_deepen_the_proposal_up_to_k_max():
     s = _scheduler()
-    depth = _plan(s, 1, 7)
+    depth = _plan(s, 1, 1)
     assert depth == 1
     seen = [depth]
     for _ in range(20):  # every plan takes the whole proposal
@@ -45,3 +46,16 @@ def test_no_drafts_wanted_still_drafts_one():
     for _ in range(TileSpecScheduler.DEPTH_WINDOW + 1):
         depth = _plan(s, 0, 5)
     assert depth == 1  # vLLM's first pass runs anyway; its draft is what the policy scores
+
+
+def test_a_declined_deeper_draft_stops_growth_for_a_while():
+    """A plan that had 4 drafts and took 3 said what the 4th is worth: no growing back to 4 on the next
+    saturated plans (that cost a draft step for the whole batch on every other step), only after a while."""
+    s = _scheduler()
+    for _ in range(3):
+        _plan(s, 3, 7)
+    assert _plan(s, 3, 4) == 3  # declined the 4th draft
+    seen = [_plan(s, 3, 3) for _ in range(TileSpecScheduler.DECLINE_MEMORY - 1)]
+    assert seen == [3] * (TileSpecScheduler.DECLINE_MEMORY - 1)  # saturated at 3, but no growth yet
+    later = [_plan(s, s._depth, s._depth) for _ in range(2 * TileSpecScheduler.GROW_EVERY)]
+    assert max(later) > 3  # the decline is forgotten: saturated plans explore deeper again

@@ -1,0 +1,58 @@
+"""How many drafts the drafter proposes for the next step (TileSpecScheduler._proposal_depth).
+
+Our own rule on the fallback state and recent plans; it needs no engine, so the scheduler object is made
+without one (as in test_draft_depth.py).
+"""
+import types
+
+from specdec_engine.policy import FallbackConfig, SpecState
+from specdec_engine.policy.fallback import FallbackController
+from specdec_engine.vllm.scheduler import TileSpecScheduler
+
+
+def _scheduler(model_drafter=False, depth=8):
+    s = object.__new__(TileSpecScheduler)
+    s._policy = types.SimpleNamespace(fallback=FallbackController(FallbackConfig()))
+    s._model_drafter, s._depth = model_drafter, depth
+    s._quiet_plans = s._quiet_steps = 0
+    return s
+
+
+def test_prompt_lookup_proposes_every_step_while_plans_verify_drafts():
+    s = _scheduler()
+    for _ in range(100):
+        s._note_plan(True)
+        assert s._proposal_depth(8) == 8
+
+
+def test_a_quiet_spell_proposes_one_step_in_four_and_a_verified_draft_ends_it():
+    """After QUIET_PLANS plans in a row verified nothing (open generation at temperature 1), prompt lookup's
+    search runs on one step in QUIET_DRAFT_EVERY; the first plan that verifies a draft brings every step back."""
+    s = _scheduler()
+    for _ in range(TileSpecScheduler.QUIET_PLANS - 1):
+        s._note_plan(False)
+    assert s._proposal_depth(8) == 8  # not quiet yet
+    s._note_plan(False)
+    depths = [s._proposal_depth(8) for _ in range(4 * TileSpecScheduler.QUIET_DRAFT_EVERY)]
+    assert depths.count(8) == 4 and depths.count(0) == 4 * (TileSpecScheduler.QUIET_DRAFT_EVERY - 1)
+    s._note_plan(True)
+    assert [s._proposal_depth(8) for _ in range(5)] == [8] * 5
+
+
+def test_a_probe_drafts_every_step_even_in_a_quiet_spell():
+    s = _scheduler()
+    for _ in range(TileSpecScheduler.QUIET_PLANS):
+        s._note_plan(False)
+    s._policy.fallback.state = SpecState.PROBE
+    assert [s._proposal_depth(8) for _ in range(5)] == [8] * 5
+
+
+def test_off_for_lack_of_acceptance_drafts_nothing_and_a_model_drafter_follows_its_depth():
+    s = _scheduler()
+    fb = s._policy.fallback
+    fb.state, fb.off_for_gain = SpecState.OFF, False
+    assert s._proposal_depth(8) == 0
+    m = _scheduler(model_drafter=True, depth=3)
+    for _ in range(TileSpecScheduler.QUIET_PLANS):
+        m._note_plan(False)
+    assert [m._proposal_depth(7) for _ in range(5)] == [3] * 5  # no quiet thinning: its first pass runs anyway
