@@ -32,6 +32,11 @@ STEP_PRIOR_SHARE = 0.5
 SPIKE = 2.0  # an observation above SPIKE x the running mean counts as SPIKE x it (see _ewma)
 
 
+def batch_bucket(batch: int) -> int:
+    """The power-of-two bucket of a batch size (1 -> 0, 2 -> 1, 3-5 -> 2, ...): per-batch costs are kept by it."""
+    return int(round(math.log2(max(1, int(batch)))))
+
+
 class DrafterCost:
     def __init__(self, decay: float = 0.05):
         if not 0 < decay <= 1:
@@ -40,10 +45,6 @@ class DrafterCost:
         # bucket -> [first0_ms, first_ms, step_ms] exponentially weighted means (NaN: not seen yet)
         self._b: dict[int, list[float]] = {}
         self.observations = 0
-
-    @staticmethod
-    def _bucket(batch: int) -> int:
-        return int(round(math.log2(max(1, int(batch)))))
 
     def _ewma(self, bucket: int, i: int, value: float) -> None:
         """Exponentially weighted mean, each new value capped at SPIKE x the current one: a proposal stalled by
@@ -63,7 +64,7 @@ class DrafterCost:
         pass with its sample, ``step_ms`` the mean of the further steps (when timed separately)."""
         if batch < 1 or depth < 0 or not (total_ms >= 0) or not math.isfinite(total_ms):
             return
-        b = self._bucket(batch)
+        b = batch_bucket(batch)
         if depth == 0:
             self._ewma(b, 0, float(total_ms))
         else:
@@ -104,7 +105,7 @@ class DrafterCost:
 
     def cost_by_depth(self, batch: int, k_max: int) -> np.ndarray:
         """ms of a proposal of depth 0..k_max for ``batch`` requests."""
-        b = self._bucket(batch)
+        b = batch_bucket(batch)
         first0, first, step = self._get(b, 0), self._get(b, 1), self._get(b, 2)
         d = np.arange(k_max + 1, dtype=np.float64)
         out = first + np.maximum(d - 1.0, 0.0) * step
@@ -112,6 +113,6 @@ class DrafterCost:
         return out
 
     def summary(self, batch: int) -> str:
-        b = self._bucket(batch)
+        b = batch_bucket(batch)
         return (f"first pass {self._get(b, 1):.2f} ms + {self._get(b, 2):.2f} ms per further draft step "
                 f"at {2 ** b} requests")

@@ -16,13 +16,12 @@ adapters publish as ``specdec_*`` metrics.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .calibration import Calibration
-from .drafter_cost import DrafterCost
+from .drafter_cost import DrafterCost, batch_bucket
 from .fallback import FallbackConfig, FallbackController, SpecState
 from .latency_model import LatencyModel
 from .selector import KSelector, RateTracker, Selection
@@ -128,17 +127,13 @@ class BucketedStepTimeFit:
         self.pooled = StepTimeFit(decay=decay, min_steps=min_steps)
         self._by_bucket: dict[int, StepTimeFit] = {}
 
-    @staticmethod
-    def bucket(batch: int) -> int:
-        return int(round(math.log2(max(1, int(batch)))))
-
     @property
     def n(self) -> int:
         return self.pooled.n
 
     def add(self, batch: int, drafts: float, residual_ms: float) -> None:
         self.pooled.add(drafts, residual_ms)
-        b = self.bucket(batch)
+        b = batch_bucket(batch)
         fit = self._by_bucket.get(b)
         if fit is None:
             fit = self._by_bucket[b] = StepTimeFit(decay=self.decay, min_steps=self.min_steps)
@@ -146,7 +141,7 @@ class BucketedStepTimeFit:
 
     def solve(self, batch: int) -> tuple[float, float]:
         """(overhead_ms, per_draft_ms) for a step of ``batch`` sequences."""
-        b = self.bucket(batch)
+        b = batch_bucket(batch)
         ready = [(abs(k - b), k) for k, f in self._by_bucket.items() if f.n >= self.min_steps]
         if not ready:
             return self.pooled.solve()
@@ -408,7 +403,6 @@ class TileSpecPolicy:
                                        float(measured_ms) - forward - drafter_ms)
             else:
                 self.step_time_fit.add(self._last_batch, self._last_drafts, float(measured_ms) - forward)
-            self._set_step_costs(self._last_batch)  # callers that read the selector between plans see the fit
         self._last_predicted_ms = None
 
     def take_stats(self) -> PolicyStats:
