@@ -5,6 +5,7 @@ calls (see ``specdec_engine.vllm`` and ``specdec_engine.sglang``).
 """
 
 from .calibration import Calibration, CalibrationError
+from .depth import ConfidenceExtrapolator
 from .history import AcceptanceHistory
 from .fallback import FallbackConfig, FallbackController, SpecState
 from .latency_model import DEFAULT_JUMP_THRESHOLD, LatencyModel, LatencyModelError, Segments, fit_segments
@@ -13,7 +14,7 @@ from .selector import KSelector, RateTracker, Selection
 
 __all__ = [
     "AcceptanceHistory",
-    "Calibration", "CalibrationError", "FallbackConfig", "FallbackController", "SpecState",
+    "Calibration", "CalibrationError", "ConfidenceExtrapolator", "FallbackConfig", "FallbackController", "SpecState",
     "DEFAULT_JUMP_THRESHOLD", "LatencyModel", "LatencyModelError", "Segments", "fit_segments",
     "PolicyStats", "StepPlan", "TileSpecPolicy", "KSelector", "RateTracker", "Selection",
 ]

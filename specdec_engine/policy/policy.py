@@ -277,6 +277,22 @@ class TileSpecPolicy:
         self._count_k(sel.k)
         return StepPlan(sel.k, state, sel)
 
+    def deepest_worth(self, raw_cum_conf: np.ndarray, n_avail: np.ndarray, extra_tokens: int = 0,
+                      extra_seqs: int = 0, groups: np.ndarray | None = None, extra_outputs: int = 0) -> int:
+        """The deepest K a plan would verify over these scores (call right after :meth:`plan` of the same step,
+        whose costs it uses); 0 when not speculating. Side-effect free: it changes no counter or state.
+
+        For a model drafter's next depth: called with the step's drafts continued past the proposal
+        (:class:`~specdec_engine.policy.depth.ConfidenceExtrapolator`), it says how deep the drafter should go.
+        """
+        raw = np.asarray(raw_cum_conf, dtype=np.float64)
+        if raw.shape[0] == 0 or not self.fallback.speculate:
+            return 0
+        cal = np.where(np.isnan(raw), np.nan, self.calibration(np.nan_to_num(raw), self._positions(raw.shape, groups)))
+        sel = self.selector.select(cal, n_avail, extra_tokens=extra_tokens, extra_seqs=extra_seqs,
+                                   rate=self.rates.rate(raw.shape[0] + extra_seqs), extra_outputs=extra_outputs)
+        return int(sel.k.max()) if sel.k.size else 0
+
     def _positions(self, shape, groups: np.ndarray | None) -> np.ndarray:
         """Calibration map index of each (row, draft position): group * k_max + position."""
         pos = np.broadcast_to(np.arange(shape[1]), shape)

@@ -37,7 +37,7 @@ import time
 import numpy as np
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from ..policy import AcceptanceHistory, SpecState
+from ..policy import AcceptanceHistory, ConfidenceExtrapolator, SpecState
 from . import compat, draft_confidence, fast_path
 from .config import PROMPT_LOOKUP_BASES
 from .runtime import runtime_for
@@ -72,9 +72,7 @@ def _pure_decode(scheduler_output) -> bool:
 
 class TileSpecScheduler(Scheduler):
     LOG_INTERVAL_S = 30.0
-    GROW_EVERY = 2  # model drafters: a saturated plan deepens the next proposal on every GROW_EVERY-th step
-    DEPTH_WINDOW = 4  # model drafters: the next proposal is as deep as the deepest K of this many recent plans
-    DECLINE_MEMORY = 8  # model drafters: no deeper proposal while one of this many recent plans left drafts unused
+    DEPTH_WINDOW = 2  # model drafters: the next proposal is as deep as the deepest wanted in this many plans
     QUIET_PLANS = 16      # prompt lookup: after this many plans in a row verified no draft ...
     QUIET_DRAFT_EVERY = 4  # ... propose on one step in this many, until a plan verifies a draft again
     GAP_LIMIT_MS = 1000.0  # a longer pause between steps is the engine waiting for work, not its cost
@@ -100,9 +98,8 @@ class TileSpecScheduler(Scheduler):
         base = self._rt.cfg.base if self._rt is not None else "ngram"
         self._model_drafter = base not in PROMPT_LOOKUP_BASES
         self._depth = self._k_max               # draft steps the model drafter runs for the next step
-        self._saturated_steps = 0               # plans that verified a whole proposal (see _next_depth)
-        self._recent_k = collections.deque(maxlen=self.DEPTH_WINDOW)  # deepest K of the last plans
-        self._declined = collections.deque(maxlen=self.DECLINE_MEMORY)  # recent plans that left drafts unused
+        self._recent_k = collections.deque(maxlen=self.DEPTH_WINDOW)  # deepest K wanted by the last plans
+        self._extrapolator = ConfidenceExtrapolator(self._k_max)  # drafts' confidence past the proposal
         if self._model_drafter and self._policy is not None:
             self._policy.use_depth_cost()
         self._quiet_plans = 0                   # plans with drafts in a row that verified none (QUIET_PLANS)
@@ -165,22 +162,37 @@ class TileSpecScheduler(Scheduler):
                        self.max_model_len - r.num_tokens - 1)) for r in rows], dtype=np.int64)
         ids = [r.request_id for r in rows]
         classes = [request_group(r) for r in rows]
-        raw = self._history.scores(ids, self._k_max, n_avail, classes) if rows else np.zeros((0, self._k_max))
+        K = self._k_max
+        raw = self._history.scores(ids, K, n_avail, classes) if rows else np.zeros((0, K))
         if self._draft_conf:  # model drafters: cumulative product of each draft token's probability
+            probs = np.full((len(ids), K), np.nan)
             for i, rid in enumerate(ids):
                 c = self._draft_conf.get(rid)
                 if c is not None:
-                    cum = np.cumprod(np.asarray(c[: self._k_max], dtype=np.float64))
-                    m = int(min(len(cum), n_avail[i]))
-                    raw[i, :m] = cum[:m]
+                    m = int(min(len(c), K, n_avail[i]))
+                    probs[i, :m] = c[:m]
+            cum = np.cumprod(probs, axis=1)
+            have = ~np.isnan(cum)
+            raw[have] = cum[have]
+            self._extrapolator.observe(probs)
         extra_tokens, extra_seqs = self._prefill_estimate(len(decode))
         no_draft = len(decode) - len(rows)
+        groups = np.array(classes, dtype=np.int64)
         plan = pol.plan(raw, n_avail, extra_tokens=extra_tokens + no_draft, extra_seqs=extra_seqs + no_draft,
-                        groups=np.array(classes, dtype=np.int64), extra_outputs=no_draft)
+                        groups=groups, extra_outputs=no_draft)
         if rows:
             self._note_plan(bool(plan.k.any()))
         if self._model_drafter:
-            self._depth = self._next_depth(int(plan.k.max()) if rows else 0, rows, n_avail)
+            want = int(plan.k.max()) if rows else 0
+            if 0 < want < K and want >= int(n_avail.max()):
+                # the plan took the deepest drafts there were: ask how deep it would go with drafts up to K_max
+                limit = np.array([max(0, min(K, r.max_tokens - r.num_output_tokens - 1,
+                                             self.max_model_len - r.num_tokens - 1)) for r in rows], dtype=np.int64)
+                want = max(want, pol.deepest_worth(self._extrapolator.extend(raw, limit), limit,
+                                                   extra_tokens=extra_tokens + no_draft,
+                                                   extra_seqs=extra_seqs + no_draft, groups=groups,
+                                                   extra_outputs=no_draft))
+            self._depth = self._next_depth(want)
         if _DEBUG:
             logger.info("TileSpec debug: state=%s decode=%d rows=%d avail=%d k=%d kmax=%d next_depth=%d gain=%s "
                         "expected=%s prefill=%d/%d", plan.state.name, len(decode), len(rows), int(n_avail.sum()),
@@ -193,31 +205,23 @@ class TileSpecScheduler(Scheduler):
             r.spec_token_ids = proposal[:k]
             self._planned.append((r.request_id, row, proposal, cls))
 
-    def _next_depth(self, k_deepest: int, rows, n_avail) -> int:
-        """Draft steps for the next proposal: the deepest K verified in the last DEPTH_WINDOW plans, one deeper
-        while plans keep taking whole proposals.
+    def _next_depth(self, wanted: int) -> int:
+        """Draft steps for the next proposal: the deepest K wanted by the last DEPTH_WINDOW plans, at least 1.
 
-        The drafter pays a forward per step for the whole batch, so drafting deeper than the policy verifies
-        is waste; but the next plan can only choose among the drafts this proposal makes. Following the last
-        plan alone ratchets down: one unsure step (K=1) cut the next proposal to one draft, and a plan over a
-        one-draft proposal could only grow it slowly (measured in ``vllm serve``, tiny target + EAGLE-3 head,
-        1 request: mean K 2.0 and 2.2 tokens per step against 2.4 for a static K=3). A window of recent plans
-        keeps the depth the policy has been choosing; a saturated plan (it verified a whole proposal) deepens
-        the next one on every GROW_EVERY-th such step, unless one of the last DECLINE_MEMORY plans had a
-        deeper draft and left it unused: then the policy has just said what one more draft is worth, and
-        growing again only pays a draft step for the whole batch that the next plan declines (measured
-        in-process, 16 requests, tiny target + EAGLE-3 head: plans took K=3 of 4 drafts, saturated at 3,
-        grew back to 4, and so on; one wasted draft step on every other step). At least one step while
-        speculating: vLLM's first pass runs anyway, and its draft is what the policy scores.
+        ``wanted`` is the plan's deepest K, or, when the plan took the deepest drafts there were, the deepest K
+        the policy would take from drafts continued up to K_max (``policy.depth``). The drafter pays a forward
+        per step for the whole batch, so drafting deeper than the policy verifies is waste; but the next plan
+        can only choose among the drafts this proposal makes. Two earlier rules fell short (both measured in
+        ``vllm serve``, tiny target + EAGLE-3 head): following the last plan alone ratcheted down after one
+        unsure step (1 request: mean K 2.0 against a static K=3's 2.4 tokens per step), and growing by one
+        draft on saturated plans either oscillated (16 requests: plans took 3 of 4 drafts, grew back to 4, and
+        paid an unused draft step every other step) or, held back after each declined draft, stuck at 4 draft
+        steps at 4 requests where vLLM's schedule of 5 accepted more. A short window keeps one unsure step
+        from cutting the next proposal. At least one step: vLLM's first pass runs anyway, and its draft is what
+        the policy scores.
         """
-        deepest_avail = int(max(n_avail)) if rows else 0
-        saturated = bool(rows) and k_deepest > 0 and k_deepest >= deepest_avail and k_deepest >= self._depth
-        if saturated:
-            self._saturated_steps += 1
-        grow = saturated and (self._saturated_steps - 1) % self.GROW_EVERY == 0 and not any(self._declined)
-        self._declined.append(bool(rows) and k_deepest < deepest_avail)
-        self._recent_k.append(k_deepest)
-        return int(min(self._k_max, max(1, max(self._recent_k), k_deepest + (1 if grow else 0))))
+        self._recent_k.append(int(wanted))
+        return int(min(self._k_max, max(1, max(self._recent_k))))
 
     def _proposal_depth(self, requested: int) -> int:
         """Draft tokens the drafter proposes after this step (vLLM's ``num_spec_tokens_to_schedule``)."""
