@@ -66,18 +66,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _models(drafter):
-    from specdec_profiler import tiny_model
-
-    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    if drafter == "eagle3":
-        from specdec_profiler.eagle3.tiny import build_eagle3
-
-        model = tiny_model.build(log=log).target
-        return model, build_eagle3(model, log=log)
-    return tiny_model.build_wide(tiny_model.build(log=log).target, log=log), None
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from specdec_profiler import workloads as W
@@ -95,7 +83,7 @@ def main(argv=None) -> int:
         print("serve_cpu: error: --trials, --concurrency and --osl must be >= 1", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    model, head = _models(args.drafter)
+    model, head = E.default_models(args.drafter)
     configs = E.arm_configs(out / "cache", args.drafter, head)
     c, n = args.concurrency, max(8, 4 * args.concurrency)
     wl = W.make(args.workload, n * args.trials + max(8, 2 * c))

@@ -322,6 +322,23 @@ def _plot_calibrations(root: Path) -> None:
             print(f"calibration: {cal.summary()} -> {d / 'plots' / 'calibration.png'}")
 
 
+def default_models(drafter: str, build_head: bool = True) -> tuple[Path, Path | None]:
+    """The project's models for a drafter family, built or reused from the cache: (target, EAGLE-3 head or None).
+
+    ngram: the widened benchmark target (its forward dominates the step). eagle3: the tiny target and its head,
+    which was trained on the tiny target's hidden states, so the widened target cannot use it.
+    """
+    from specdec_profiler import tiny_model
+
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    if drafter == "eagle3":
+        from specdec_profiler.eagle3.tiny import build_eagle3
+
+        model = tiny_model.build(log=log).target
+        return model, build_eagle3(model, log=log) if build_head else None
+    return tiny_model.build_wide(tiny_model.build(log=log).target, log=log), None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.quick:
@@ -332,19 +349,9 @@ def main(argv=None) -> int:
     draft_model = args.draft_model
     if args.model:
         model = Path(args.model)
-    elif args.drafter == "eagle3":
-        # the head was trained on the tiny target's hidden states: the widened target cannot use it
-        from specdec_profiler import tiny_model
-        from specdec_profiler.eagle3.tiny import build_eagle3
-
-        model = tiny_model.build(log=lambda m: print(m, file=sys.stderr)).target
-        if draft_model is None:
-            draft_model = build_eagle3(model, log=lambda m: print(m, file=sys.stderr))
     else:
-        from specdec_profiler import tiny_model
-
-        model = tiny_model.build_wide(tiny_model.build(log=lambda m: print(m, file=sys.stderr)).target,
-                                      log=lambda m: print(m, file=sys.stderr))
+        model, default_head = default_models(args.drafter, build_head=draft_model is None)
+        draft_model = draft_model or default_head
     if args.drafter == "eagle3" and draft_model is None:
         print("vllm_e2e: error: --drafter eagle3 with --model needs --draft-model", file=sys.stderr)
         return 2

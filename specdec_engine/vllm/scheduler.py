@@ -157,9 +157,10 @@ class TileSpecScheduler(Scheduler):
             groups = {request_group(r) for r in decode}
             if pol.wake_for_groups({g: self._history.global_rate(g) for g in groups}):
                 logger.info("TileSpec: speculation probing: %s", fb.last_reason)
-        n_avail = np.array([
-            max(0, min(len(r.spec_token_ids), r.max_tokens - r.num_output_tokens - 1,
-                       self.max_model_len - r.num_tokens - 1)) for r in rows], dtype=np.int64)
+        # tokens each request may still generate after this step's sampled one; its drafts are capped by it
+        room = np.array([max(0, min(r.max_tokens - r.num_output_tokens - 1, self.max_model_len - r.num_tokens - 1))
+                         for r in rows], dtype=np.int64)
+        n_avail = np.minimum(np.array([len(r.spec_token_ids) for r in rows], dtype=np.int64), room)
         ids = [r.request_id for r in rows]
         classes = [request_group(r) for r in rows]
         K = self._k_max
@@ -186,8 +187,7 @@ class TileSpecScheduler(Scheduler):
             want = int(plan.k.max()) if rows else 0
             if 0 < want < K and want >= int(n_avail.max()):
                 # the plan took the deepest drafts there were: ask how deep it would go with drafts up to K_max
-                limit = np.array([max(0, min(K, r.max_tokens - r.num_output_tokens - 1,
-                                             self.max_model_len - r.num_tokens - 1)) for r in rows], dtype=np.int64)
+                limit = np.minimum(room, K)
                 want = max(want, pol.deepest_worth(self._extrapolator.extend(raw, limit), limit,
                                                    extra_tokens=extra_tokens + no_draft,
                                                    extra_seqs=extra_seqs + no_draft, groups=groups,
