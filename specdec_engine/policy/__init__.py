@@ -5,7 +5,7 @@ calls (see ``specdec_engine.vllm`` and ``specdec_engine.sglang``).
 """
 
 from .calibration import Calibration, CalibrationError
-from .depth import ConfidenceExtrapolator
+from .depth import ConfidenceExtrapolator, ProposalDepth
 from .history import AcceptanceHistory
 from .fallback import FallbackConfig, FallbackController, SpecState
 from .latency_model import DEFAULT_JUMP_THRESHOLD, LatencyModel, LatencyModelError, Segments, fit_segments
@@ -14,7 +14,8 @@ from .selector import KSelector, RateTracker, Selection
 
 __all__ = [
     "AcceptanceHistory",
-    "Calibration", "CalibrationError", "ConfidenceExtrapolator", "FallbackConfig", "FallbackController", "SpecState",
+    "Calibration", "CalibrationError", "ConfidenceExtrapolator",
+    "ProposalDepth", "FallbackConfig", "FallbackController", "SpecState",
     "DEFAULT_JUMP_THRESHOLD", "LatencyModel", "LatencyModelError", "Segments", "fit_segments",
     "PolicyStats", "StepPlan", "TileSpecPolicy", "KSelector", "RateTracker", "Selection",
 ]

@@ -53,6 +53,30 @@ def isotonic_increasing(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.repeat(np.array(vals), sizes)
 
 
+def isotonic_increasing_rows(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """:func:`isotonic_increasing` of every row of ``values`` [P, n] at once (weights all > 0).
+
+    The isotonic fit at i is ``max over j <= i of min over k >= i`` of the weighted mean of values j..k (the
+    min-max formula of isotonic regression), read off prefix sums: a few array operations on [P, n, n]
+    instead of P Python loops. Why: a refit of the 28 maps of a K_max=7 engine took ~0.8 ms with the loops,
+    on the engine's step path early in serving (every step until 1,000 pairs). Equal to the pool-adjacent-
+    violators result up to rounding (tested).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    n = v.shape[1]
+    zeros = np.zeros((v.shape[0], 1))
+    sw = np.concatenate([zeros, np.cumsum(w, axis=1)], axis=1)          # [P, n+1]
+    swv = np.concatenate([zeros, np.cumsum(w * v, axis=1)], axis=1)
+    j = np.arange(n)[:, None]
+    k = np.arange(n)[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = (swv[:, None, 1:] - swv[:, :n, None]) / (sw[:, None, 1:] - sw[:, :n, None])  # [P, j, k]
+    mean = np.where(k >= j, mean, np.inf)
+    suffix_min = np.minimum.accumulate(mean[:, :, ::-1], axis=2)[:, :, ::-1]            # min over k >= i
+    return np.where(j <= k, suffix_min, -np.inf).max(axis=1)                             # max over j <= i
+
+
 def _ece(weights: np.ndarray, predicted: np.ndarray, observed: np.ndarray) -> float:
     total = weights.sum()
     if total <= 0:
@@ -98,6 +122,11 @@ class Calibration:
             raise CalibrationError(f"prior_strength must be >= 0, got {prior_strength}")
         self.bin_edges = np.linspace(0.0, 1.0, n_bins + 1)
         self.centers = (self.bin_edges[:-1] + self.bin_edges[1:]) / 2
+        # where each lookup-table score falls between bin centres (interpolation index and weight; see _refit)
+        grid = np.linspace(0.0, 1.0, self.TABLE + 1)
+        lo = np.clip(np.searchsorted(self.centers, grid, side="right") - 1, 0, n_bins - 2)
+        self._interp_lo = lo
+        self._interp_t = np.clip((grid - self.centers[lo]) / (self.centers[lo + 1] - self.centers[lo]), 0.0, 1.0)
         if prior is None:
             prior_p = self.centers.copy()
         elif callable(prior):
@@ -126,15 +155,19 @@ class Calibration:
     def _refit(self) -> None:
         k = self.prior_strength
         w0 = self.counts.sum(axis=0) + k
-        pooled = isotonic_increasing((self.accepted.sum(axis=0) + k * self.prior_p) / np.maximum(w0, 1e-12), w0)
-        rows = []
-        for pos in range(self.n_positions):
-            w = self.counts[pos] + k
-            rate = (self.accepted[pos] + k * pooled) / np.maximum(w, 1e-12)
-            rows.append(isotonic_increasing(rate, w))
-        self._p = np.clip(np.array(rows), 0.0, 1.0)
-        grid = np.linspace(0.0, 1.0, self.TABLE + 1)
-        self._table = np.array([np.interp(grid, self.centers, row) for row in self._p])
+        pooled_rate = (self.accepted.sum(axis=0) + k * self.prior_p) / np.maximum(w0, 1e-12)
+        w = self.counts + k
+        if k > 0:  # every weight > 0: all maps in one vectorised fit
+            pooled = isotonic_increasing_rows(pooled_rate[None, :], w0[None, :])[0]
+            rates = (self.accepted + k * pooled) / w
+            self._p = np.clip(isotonic_increasing_rows(rates, w), 0.0, 1.0)
+        else:  # bins may be empty (zero weight): pool-adjacent-violators copes with those
+            pooled = isotonic_increasing(pooled_rate, w0)
+            rates = (self.accepted + k * pooled) / np.maximum(w, 1e-12)
+            self._p = np.clip(np.array([isotonic_increasing(r, ww) for r, ww in zip(rates, w)]), 0.0, 1.0)
+        # the lookup table: linear between bin centres, flat beyond the first and last (as np.interp), one gather
+        left = self._p[:, self._interp_lo]
+        self._table = left + (self._p[:, self._interp_lo + 1] - left) * self._interp_t
         self._dirty = False
         self._pairs_at_fit = self.n_pairs
         self._fit_time = time.monotonic()
@@ -151,13 +184,17 @@ class Calibration:
         self._refit()
 
     def _bins(self, scores: np.ndarray) -> np.ndarray:
-        return np.clip(np.searchsorted(self.bin_edges, scores, side="right") - 1, 0, len(self.centers) - 1)
+        b = np.searchsorted(self.bin_edges, scores, side="right") - 1
+        return np.minimum(np.maximum(b, 0), len(self.centers) - 1)
 
     def _positions(self, positions, shape) -> np.ndarray:
+        """Map index per score (default 0), clamped to the maps there are. Called on every engine step:
+        ufuncs, not ``np.clip``/``np.broadcast_to``, whose Python wrappers cost more than the work here."""
         if positions is None:
             return np.zeros(shape, dtype=np.int64)
-        pos = np.broadcast_to(np.asarray(positions, dtype=np.int64), shape)
-        return np.clip(pos, 0, self.n_positions - 1)
+        pos = np.asarray(positions, dtype=np.int64)
+        pos = np.minimum(np.maximum(pos, 0), self.n_positions - 1)
+        return pos if pos.shape == shape else np.broadcast_to(pos, shape)
 
     def update(self, scores, accepted, positions=None) -> None:
         """Learn from observed pairs: ``accepted[i]`` is 1 if the draft scored ``scores[i]`` (at draft
@@ -168,9 +205,9 @@ class Calibration:
             raise CalibrationError(f"scores and outcomes differ in length ({s.size} vs {a.size})")
         if s.size == 0:
             return
-        if not np.all(np.isfinite(s)):
+        if not np.isfinite(s).all():
             raise CalibrationError("scores must be finite")
-        s = np.clip(s, 0.0, 1.0)
+        s = np.minimum(np.maximum(s, 0.0), 1.0)
         pos = self._positions(None if positions is None else np.asarray(positions).ravel(), s.shape)
         pred = self(s, pos)  # prequential: scored before learning
         b = self._bins(s)
@@ -180,6 +217,8 @@ class Calibration:
         np.add.at(self.pred_sums, (pos, b), pred)
         self.n_pairs += int(s.size)
         self._dirty = True
+        if self._refit_due():  # refit here, where the adapter learns (off the step's critical path), not in a plan
+            self._refit()
 
     def decay(self, factor: float) -> None:
         """Forget: scale every observed count by ``factor`` (0..1), so old traffic weighs less."""
@@ -202,7 +241,7 @@ class Calibration:
         if self._dirty and self._refit_due():
             self._refit()
         s = np.asarray(scores, dtype=np.float64)
-        idx = np.rint(np.clip(s, 0.0, 1.0) * self.TABLE).astype(np.int64)
+        idx = np.rint(np.minimum(np.maximum(s, 0.0), 1.0) * self.TABLE).astype(np.int64)
         return self._table[self._positions(positions, s.shape), idx]
 
     # ------------------------------------------------------------------ error

