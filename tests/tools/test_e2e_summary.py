@@ -1,0 +1,42 @@
+"""benchmarks/vllm_e2e.py's summary: the paired ratio and its interval (pure arithmetic on result rows)."""
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _e2e():
+    spec = importlib.util.spec_from_file_location("vllm_e2e", ROOT / "benchmarks" / "vllm_e2e.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rows(base, ts, arm="eagle3_k3"):
+    rows = []
+    for t, (b, x) in enumerate(zip(base, ts)):
+        rows.append({"arm": arm, "pair": arm, "trial": t, "output_tokens_per_s": b})
+        rows.append({"arm": "tilespec", "pair": arm, "trial": t, "output_tokens_per_s": x})
+    return rows
+
+
+def test_paired_ratio_is_the_geometric_mean_of_pairs_with_a_t_interval():
+    E = _e2e()
+    # the host's speed moves both trials of a pair together: the pairs agree although the trials do not
+    base = [400.0, 900.0, 600.0, 1000.0]
+    ts = [b * r for b, r in zip(base, (0.95, 0.97, 0.96, 0.98))]
+    pr = E.paired_ratio(_rows(base, ts), "eagle3_k3")
+    assert pr["pairs"] == 4
+    assert pr["ratio"] == pytest.approx(math.exp(sum(math.log(r) for r in (0.95, 0.97, 0.96, 0.98)) / 4), abs=1e-4)
+    assert pr["low"] < pr["ratio"] < pr["high"] < 0.99  # a consistent 3-5% loss is resolved despite the spread
+
+
+def test_paired_ratio_needs_two_pairs_and_ignores_unpaired_trials():
+    E = _e2e()
+    rows = _rows([500.0], [450.0]) + [{"arm": "tilespec", "pair": "no_spec", "trial": 0, "output_tokens_per_s": 1.0}]
+    assert E.paired_ratio(rows, "eagle3_k3") is None
+    rows = _rows([500.0, 520.0], [500.0, 520.0])
+    assert E.paired_ratio(rows, "eagle3_k3")["ratio"] == pytest.approx(1.0)
