@@ -97,6 +97,7 @@ def main(argv=None) -> int:
             prompts = wl.prompts[t * n:(t + 1) * n]
             for a in (arms if t % 2 == 0 else arms[::-1]):
                 srv = servers[a]
+                time.sleep(E.SETTLE_S)  # the other server's spinning worker goes idle first (vllm_e2e.SETTLE_S)
                 before = thread_cpu_s(srv.proc.pid)
                 recs, wall = asyncio.run(run_load(srv.url, srv.served_model_name, prompts, concurrency=c,
                                                   max_tokens=args.osl, min_tokens=args.osl,

@@ -168,6 +168,7 @@ class Calibration:
         # the lookup table: linear between bin centres, flat beyond the first and last (as np.interp), one gather
         left = self._p[:, self._interp_lo]
         self._table = left + (self._p[:, self._interp_lo + 1] - left) * self._interp_t
+        self._table_rows = self._table.tolist()  # for calibrate_small
         self._dirty = False
         self._pairs_at_fit = self.n_pairs
         self._fit_time = time.monotonic()
@@ -243,6 +244,18 @@ class Calibration:
         s = np.asarray(scores, dtype=np.float64)
         idx = np.rint(np.minimum(np.maximum(s, 0.0), 1.0) * self.TABLE).astype(np.int64)
         return self._table[self._positions(positions, s.shape), idx]
+
+    def calibrate_small(self, scores: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """:meth:`__call__` for a few scores ([B, K] with positions of the same shape, NaN kept as NaN) in plain
+        Python: NumPy's fancy indexing releases the GIL even for a handful of elements, which on a serving
+        engine's step path hands it to another thread (see ``selector.SMALL_PLAN``). Same values as
+        ``__call__`` (``round`` rounds half to even, as ``np.rint``)."""
+        if self._dirty and self._refit_due():
+            self._refit()
+        table, top, size = self._table_rows, self.n_positions - 1, self.TABLE
+        out = [[v if v != v else table[min(max(q, 0), top)][int(round(min(max(v, 0.0), 1.0) * size))]
+                for v, q in zip(row, prow)] for row, prow in zip(scores.tolist(), positions.tolist())]
+        return np.array(out, dtype=np.float64).reshape(scores.shape)
 
     # ------------------------------------------------------------------ error
     def _observed(self) -> tuple[np.ndarray, np.ndarray]:

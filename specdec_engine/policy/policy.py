@@ -30,7 +30,7 @@ from .calibration import Calibration
 from .drafter_cost import DrafterCost, batch_bucket
 from .fallback import FallbackConfig, FallbackController, SpecState
 from .latency_model import LatencyModel
-from .selector import KSelector, RateTracker, Selection
+from .selector import SMALL_PLAN, KSelector, RateTracker, Selection
 
 
 @dataclass
@@ -389,7 +389,7 @@ class TileSpecPolicy:
         beyond the first pass that vLLM runs anyway."""
         if not self.depth_cost or B == 0:
             return sel.predicted_ms, sel.gain, 0.0
-        depth = int(np.max(n_avail)) if n_avail is not None else self.k_max
+        depth = int(np.asarray(n_avail).max()) if n_avail is not None else self.k_max
         drafter_ms = float(self._depth_costs[min(max(depth, 0), self.k_max)])
         ms = sel.predicted_ms + drafter_ms
         gain = (sel.expected_tokens / ms) / sel.baseline_goodput if sel.baseline_goodput > 0 and ms > 0 else 1.0
@@ -444,6 +444,8 @@ class TileSpecPolicy:
 
     def _calibrated(self, raw: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
         """Calibrated P(accept) of each raw score at its (group, position) map; NaN stays NaN (no draft)."""
+        if raw.size <= SMALL_PLAN:  # plain Python: no GIL release on the step's critical path (SMALL_PLAN)
+            return self.calibration.calibrate_small(raw, self._positions(raw.shape, groups))
         missing = np.isnan(raw)
         out = self.calibration(np.where(missing, 0.0, raw), self._positions(raw.shape, groups))
         out[missing] = np.nan
@@ -472,10 +474,11 @@ class TileSpecPolicy:
         return rows
 
     def _count_k(self, k: np.ndarray) -> None:
-        counts = np.bincount(np.minimum(k, self.k_max), minlength=self.k_max + 1)
-        for i, c in enumerate(counts.tolist()):
-            self.stats.chosen_k[i] += c
-        if not k.any():
+        chosen, top = self.stats.chosen_k, self.k_max
+        ks = k.tolist()
+        for x in ks:  # a loop, not np.bincount, which releases the GIL (selector.SMALL_PLAN)
+            chosen[min(x, top)] += 1
+        if not any(ks):
             self.stats.steps_spec_off += 1
 
     def count(self, k: np.ndarray, num_accepted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

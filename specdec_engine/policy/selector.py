@@ -28,6 +28,8 @@ policy's cost per engine step is measured by ``benchmarks/policy_cost.py``.
 
 from __future__ import annotations
 
+import array
+import bisect
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -53,6 +55,15 @@ class Selection:
 
 ONE_BITS = 0x3F800000   # IEEE-754 bits of float32 1.0
 RANK_SHIFT = 14          # keep 9 mantissa bits: probabilities within ~0.2% rank by request order
+# Up to this many draft slots (requests x K) a plan runs in plain Python (``KSelector._select_small``), where
+# no call releases the GIL. NumPy releases it inside sorts, argmax, bincount and fancy indexing even for a
+# handful of elements; in vLLM's engine-core process the thread that sends each step's outputs to the API
+# server is waiting for it right when the next plan starts, so each release handed it the GIL in the middle of
+# the step's critical path (measured in ``vllm serve``, 1 request: the plan took 0.55-0.97 ms of wall time for
+# 0.13-0.19 ms of its thread's CPU; SPECDEC_PHASE_TIMER). Held through the plan, the GIL passes to that thread
+# while the engine waits for the forward, where its work overlaps. Above this size NumPy is faster and a step
+# is long enough for one hand-over not to matter (16 requests x K=8: 166 us in Python against ~100 us).
+SMALL_PLAN = 64
 
 
 def rank_keys(flat_cum_p: np.ndarray) -> np.ndarray:
@@ -94,6 +105,7 @@ class KSelector:
         self.k_max = int(k_max)
         self.set_draft_cost(draft_cost_ms)
         self._padding = None if not token_padding else np.array(sorted(set(int(t) for t in token_padding)))
+        self._padding_list = None if self._padding is None else self._padding.tolist()
         self.min_gain = float(min_gain)
         # measured step = profiled forward + overhead + per_draft * drafts, learned online by the policy
         # (TileSpecPolicy.observe_step_time): the overhead is what happens outside the forward (scheduling,
@@ -145,8 +157,18 @@ class KSelector:
         return lat
 
     def verify_ms(self, seqs: int, tokens: int) -> float:
-        """Predicted time of a step of ``tokens`` tokens over ``seqs`` sequences (overhead included)."""
-        return float(self._latency(max(int(seqs), 1), np.array([max(int(tokens), 1)]))[0])
+        """Predicted time of a step of ``tokens`` tokens over ``seqs`` sequences (overhead included); scalar
+        indexing only (see SMALL_PLAN)."""
+        t = self._padded(max(int(tokens), 1))
+        out = float(self.latency.curve(max(int(seqs), 1), t)[t])
+        return out + self.overhead_ms if self.overhead_ms else out
+
+    def _padded(self, tokens: int) -> int:
+        """The token count the engine pads a forward of ``tokens`` to (itself without padding)."""
+        if self._padding is None:
+            return tokens
+        i = bisect.bisect_left(self._padding_list, tokens)
+        return self._padding_list[i] if i < len(self._padding_list) else tokens
 
     def select(self, cum_p: np.ndarray, n_avail: np.ndarray | None = None,
                extra_tokens: int = 0, extra_seqs: int = 0, force_rows: np.ndarray | None = None,
@@ -183,8 +205,10 @@ class KSelector:
         base = int(extra_tokens) + B
         seqs = B + int(extra_seqs)
         if B == 0:
-            lat = float(self._latency(max(seqs, 1), np.array([max(base, 1)]))[0])
-            return Selection(np.zeros(0, np.int64), base, 0.0, lat, 0.0, 0.0)
+            return Selection(np.zeros(0, np.int64), base, 0.0, self.verify_ms(seqs, base), 0.0, 0.0)
+        cost_by_k = self._cost_by_k if cost_by_longest_draft is None else cost_by_longest_draft
+        if cost_by_k is None and B * K <= SMALL_PLAN:
+            return self._select_small(c, n_avail, B, K, base, seqs, force_rows, rate, B + int(extra_outputs))
         c = np.where(np.isnan(c), -1.0, c)
         c = np.minimum.accumulate(c, axis=1)  # prefix probabilities never increase along a request's drafts
         if n_avail is not None:
@@ -210,7 +234,6 @@ class KSelector:
         lat = self._latency(seqs, tokens)
         if self.per_draft_ms:
             lat = lat + self.per_draft_ms * np.arange(m + 1)
-        cost_by_k = self._cost_by_k if cost_by_longest_draft is None else cost_by_longest_draft
         if cost_by_k is None:
             total = lat.copy()
             total[1:] += self._cost
@@ -220,6 +243,62 @@ class KSelector:
             return Selection(k, int(tokens[best]), float(expected[best]), float(total[best]),
                              float(expected[best] / total[best]), float(expected[0] / total[0]))
         return self._select_by_kmax(order, probs, K, B, tokens, lat, n_forced, rate, out0, cost_by_k)
+
+    def _select_small(self, c: np.ndarray, n_avail, B: int, K: int, base: int, seqs: int, force_rows,
+                      rate: float | None, out0: int) -> Selection:
+        """:meth:`select` with a scalar drafter cost, in plain Python (see SMALL_PLAN): the same arithmetic in
+        the same order as the NumPy path, so the same plan bit for bit (tested on random inputs)."""
+        avail = None if n_avail is None else np.asarray(n_avail).tolist()
+        forced_rows = None if force_rows is None else np.asarray(force_rows, dtype=bool).tolist()
+        cands = []  # (rank key, flat index, prefix probability)
+        for r, row in enumerate(c.tolist()):
+            lim = K if avail is None else avail[r]
+            run = None
+            for j, p in enumerate(row):
+                if p != p:  # NaN: no draft
+                    p = -1.0
+                run = p if run is None or p < run else run  # prefix probabilities never increase
+                if j < lim and run >= 0:
+                    cands.append([0, r * K + j, run])
+        if cands:
+            clipped = array.array("f", [min(max(p, 0.0), 1.0) for _, _, p in cands])  # float32, as rank_keys
+            bits = array.array("i", clipped.tobytes())
+            for cand, b in zip(cands, bits):
+                cand[0] = ((ONE_BITS - b) >> RANK_SHIFT) + 1
+        n_forced = 0
+        if forced_rows is not None and any(forced_rows):
+            for cand in cands:
+                if cand[1] % K == 0 and forced_rows[cand[1] // K]:
+                    cand[0] = 0
+                    n_forced += 1
+        cands.sort(key=lambda x: (x[0], x[1]))  # a stable argsort of the keys
+        m = len(cands)
+        expected = [float(out0)]
+        run = 0.0
+        for _, _, p in cands:
+            run += p
+            expected.append(run + out0)
+        padded = [self._padded(base + j) for j in range(m + 1)]
+        cur = self.latency.curve(seqs, max(padded))
+        lat = [float(cur[t]) for t in padded]
+        if self.overhead_ms:
+            lat = [x + self.overhead_ms for x in lat]
+        if self.per_draft_ms:
+            lat = [x + self.per_draft_ms * j for j, x in enumerate(lat)]
+        total = lat[:1] + [x + self._cost for x in lat[1:]]
+        best, best_score = n_forced, None
+        for j in range(n_forced, m + 1):
+            sc = expected[j] / total[j] if rate is None else expected[j] - rate * total[j]
+            if best_score is None or sc > best_score:
+                best, best_score = j, sc
+        if self.min_gain > 0 and best > n_forced and \
+                expected[best] / total[best] < expected[n_forced] / total[n_forced] * (1.0 + self.min_gain):
+            best = n_forced
+        k = [0] * B
+        for _, idx, _ in cands[:best]:
+            k[idx // K] += 1
+        return Selection(np.array(k, dtype=np.int64), base + best, expected[best], total[best],
+                         expected[best] / total[best], expected[0] / total[0])
 
     @staticmethod
     def _score(expected: np.ndarray, total_ms: np.ndarray, rate: float | None) -> np.ndarray:

@@ -76,7 +76,9 @@ class TileSpecConfig(BaseModel):
         "model drafters: every this many proposals one is a step deeper and one a step shallower than the "
         "plans ask, so that what a draft step costs is learned from measured steps (0: no probes)"))
     enabled: bool = Field(True, description="false: verify every draft (vLLM's behaviour), keep metrics")
-    k0_fast_path: bool = Field(True, description="steps that verify no draft skip vLLM's speculative sampling path")
+    k0_fast_path: bool = Field(True, description=(
+        "lean path (fast_path.py): each step's drafts return with its output instead of by a second RPC; with "
+        "prompt lookup also steps that verify no draft skip vLLM's speculative sampling path"))
     fallback: FallbackOptions = Field(default_factory=FallbackOptions)
 
     @field_validator("profile_batch_sizes")

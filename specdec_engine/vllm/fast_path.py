@@ -23,8 +23,15 @@ tilespec engines with prompt-lookup drafters, three wrappers remove most of it:
    prompt lookup's search over every request's context for nothing (vLLM runs
    it with K=0; measured in-process at 4 requests: 0.27 ms of a 14.5 ms step).
 
-Only for prompt-lookup drafters (``base`` ngram/suffix) with synchronous
-scheduling and no pipeline parallelism: model drafters keep vLLM's paths.
+(2), the drafts' hand-over with the step's output, is for every tilespec
+engine with synchronous scheduling and no pipeline parallelism: for a model
+drafter the drafts carry its per-token confidences and timing
+(``draft_confidence.py``) the same way. vLLM's second RPC per step cost
+0.75-0.95 ms of a 6-7 ms step in ``vllm serve`` (tiny target + EAGLE-3 head,
+1 request, ``SPECDEC_PHASE_TIMER``). (1) and (3) are for prompt-lookup
+drafters (``base`` ngram/suffix) only: a model drafter's first pass needs the
+target's hidden states of every step, which the plain sampling path would
+not prepare.
 """
 
 from __future__ import annotations
@@ -38,19 +45,25 @@ FAST_BASES = PROMPT_LOOKUP_BASES
 DRAFTS_ATTR = "specdec_drafts"
 
 
-def _enabled(runner) -> bool:
-    flag = getattr(runner, "_specdec_fast_path", None)
-    if flag is None:
+def _flags(runner) -> tuple[bool, bool]:
+    """(drafts return with the step's output, lean K=0 path for prompt lookup), decided once per runner."""
+    flags = getattr(runner, "_specdec_fast_path", None)
+    if flags is None:
         from .runtime import tilespec_config
 
         cfg = tilespec_config(runner.vllm_config)
         pp = getattr(runner.vllm_config.parallel_config, "pipeline_parallel_size", 1)
-        flag = (cfg is not None and cfg.k0_fast_path and cfg.base in FAST_BASES
-                and runner.speculative_config is not None and pp == 1
-                and not getattr(runner, "use_async_scheduling", False)
-                and not getattr(runner, "use_async_spec_decode", False))
-        runner._specdec_fast_path = flag
-    return flag
+        one_rpc = (cfg is not None and cfg.k0_fast_path and runner.speculative_config is not None and pp == 1
+                   and not getattr(runner, "use_async_scheduling", False)
+                   and not getattr(runner, "use_async_spec_decode", False))
+        flags = (one_rpc, one_rpc and cfg.base in FAST_BASES)
+        runner._specdec_fast_path = flags
+    return flags
+
+
+def _enabled(runner) -> bool:
+    """The prompt-lookup lean path ((1) and (3) above)."""
+    return _flags(runner)[1]
 
 
 def make_prepare_inputs_wrapper(original):
@@ -74,7 +87,7 @@ def make_prepare_inputs_wrapper(original):
 def make_sample_tokens_wrapper(original):
     def sample_tokens(self, grammar_output, *args, **kwargs):
         out = original(self, grammar_output, *args, **kwargs)
-        if _enabled(self) and out is not None and hasattr(out, "sampled_token_ids"):
+        if _flags(self)[0] and out is not None and hasattr(out, "sampled_token_ids"):
             setattr(out, DRAFTS_ATTR, self.take_draft_token_ids())
         return out
 

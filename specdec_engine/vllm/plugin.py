@@ -14,10 +14,9 @@ wrappers (checked by :mod:`compat`):
   load) the latency model, for tilespec engines only;
 - ``GPUModelRunner._prepare_inputs`` / ``sample_tokens`` /
   ``propose_draft_token_ids`` (worker) and ``EngineCore.post_step``: the lean
-  path of ``fast_path.py`` (no rejection sampler on steps without drafts; no
-  prompt-lookup search when no draft is wanted; drafts returned with the
-  step's output instead of by a second RPC), tilespec engines with prompt
-  lookup only.
+  path of ``fast_path.py`` (drafts returned with the step's output instead of
+  by a second RPC, every tilespec engine; for prompt lookup also no rejection
+  sampler on steps without drafts and no search when no draft is wanted).
 
 For ``base: "ngram"`` the rewrite also limits numba's thread pool to one
 thread (``numba_threads.py``: vLLM's drafter uses one, the idle rest starve
@@ -179,3 +178,6 @@ def register() -> None:
         compat.install_patch("runner.sample_tokens", fast_path.make_sample_tokens_wrapper)
         compat.install_patch("engine_core.post_step", fast_path.make_post_step_wrapper)
     compat.extend_scheduler_stats()
+    from .phase_timer import install_from_env
+
+    install_from_env()  # SPECDEC_PHASE_TIMER=N: a diagnostic, after our own wrappers (see phase_timer.py)

@@ -111,3 +111,17 @@ def test_a_refit_keeps_the_lookup_table_on_the_maps_between_bin_centres():
     for pos in range(3):
         np.testing.assert_allclose(cal(grid, np.full(grid.shape, pos)), np.interp(grid, cal.centers, cal.p_accept[pos]),
                                    rtol=0, atol=1e-12)
+
+
+def test_a_few_scores_calibrate_in_plain_python_to_the_same_values():
+    """The serving path's small lookup (no GIL release, see selector.SMALL_PLAN) equals the NumPy lookup."""
+    cal = Calibration(n_bins=20, n_positions=6)
+    rng = np.random.default_rng(3)
+    cal.update(rng.random(4000), rng.random(4000) < 0.55, rng.integers(0, 6, 4000))
+    for _ in range(50):
+        raw = rng.random((5, 7))
+        raw[rng.random(raw.shape) < 0.2] = np.nan
+        raw[0, :3] = [0.0, 1.0, 0.5 / cal.TABLE]  # bounds and a tie for rounding (half to even)
+        pos = rng.integers(-1, 8, raw.shape)  # out-of-range positions clamp, as in __call__
+        expected = np.where(np.isnan(raw), np.nan, cal(np.nan_to_num(raw), pos))
+        np.testing.assert_array_equal(cal.calibrate_small(raw, pos), expected)

@@ -111,3 +111,36 @@ def test_bad_arguments():
         KSelector(model, 4, draft_cost_ms=[1, 2])
     with pytest.raises(ValueError, match="shape"):
         KSelector(model, 4).select(np.zeros((2, 5)))
+
+
+def test_small_plans_in_plain_python_choose_what_numpy_chooses(monkeypatch):
+    """Plans up to SMALL_PLAN draft slots run in plain Python (no call that releases the GIL, see SMALL_PLAN);
+    they must be the NumPy path's plans bit for bit: same K per request, tokens, expected tokens and times."""
+    from specdec_engine.policy import selector as S
+
+    rng = np.random.default_rng(7)
+    lat = LatencyModel.from_samples([(b, n, 2.0 + 0.013 * n + 0.07 * b + (0.9 if n > 40 else 0.0))
+                                     for b in (1, 2, 4, 8, 16, 32) for n in range(b, 9 * b + 1)])
+    for trial in range(400):
+        B, K = int(rng.integers(1, 13)), int(rng.integers(1, 9))
+        if B * K > S.SMALL_PLAN:
+            continue
+        sel = KSelector(lat, K, draft_cost_ms=float(rng.choice([0.0, 0.3])),
+                        token_padding=[1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192] if trial % 3 == 0 else None,
+                        min_gain=float(rng.choice([0.0, 0.05])))
+        sel.overhead_ms, sel.per_draft_ms = float(rng.choice([0.0, 1.7])), float(rng.choice([0.0, 0.04]))
+        p = np.cumprod(rng.uniform(0.2, 1.0, (B, K)), axis=1)
+        p[rng.random((B, K)) < 0.1] = np.nan
+        if trial % 5 == 0:
+            p[:, 0] = rng.choice([0.0, 1.0, 0.5], B)  # exact ties and bounds
+        n_avail = rng.integers(0, K + 1, B) if trial % 2 else None
+        force = rng.random(B) < 0.3 if trial % 4 == 0 else None
+        kw = dict(extra_tokens=int(rng.integers(0, 20)), extra_seqs=int(rng.integers(0, 3)),
+                  extra_outputs=int(rng.integers(0, 3)), rate=None if trial % 3 == 1 else float(rng.uniform(0.2, 3)))
+        small = sel.select(p, n_avail, force_rows=force, **kw)
+        monkeypatch.setattr(S, "SMALL_PLAN", 0)
+        big = sel.select(p, n_avail, force_rows=force, **kw)
+        monkeypatch.setattr(S, "SMALL_PLAN", 64)
+        assert small.k.tolist() == big.k.tolist(), trial
+        assert (small.num_tokens, small.expected_tokens, small.predicted_ms, small.goodput, small.baseline_goodput) \
+            == (big.num_tokens, big.expected_tokens, big.predicted_ms, big.goodput, big.baseline_goodput), trial
