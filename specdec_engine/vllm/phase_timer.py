@@ -50,14 +50,6 @@ TARGETS = (
     ("TileSpecScheduler._plan", "specdec_engine.vllm.scheduler:TileSpecScheduler._plan"),
     ("TileSpecScheduler._outcomes", "specdec_engine.vllm.scheduler:TileSpecScheduler._outcomes"),
     ("TileSpecPolicy.plan", "specdec_engine.policy.policy:TileSpecPolicy.plan"),
-    ("X.set_step_costs", "specdec_engine.policy.policy:TileSpecPolicy._set_step_costs"),
-    ("X.calibrated", "specdec_engine.policy.policy:TileSpecPolicy._calibrated"),
-    ("X.select", "specdec_engine.policy.selector:KSelector.select"),
-    ("X.with_drafter", "specdec_engine.policy.policy:TileSpecPolicy._with_drafter"),
-    ("X.count_k", "specdec_engine.policy.policy:TileSpecPolicy._count_k"),
-    ("X.cal_call", "specdec_engine.policy.calibration:Calibration.__call__"),
-    ("X.refit", "specdec_engine.policy.calibration:Calibration._refit"),
-    ("X.curve", "specdec_engine.policy.latency_model:LatencyModel.curve"),
 )
 TICKS = ("EngineCore.step", "Runner.execute_model")
 
