@@ -14,9 +14,9 @@ Each step replays what the vLLM scheduler does for a drafter family, with
 the real ``TileSpecPolicy`` and synthetic but seeded drafts:
 
 - ``model`` (EAGLE-3, draft models): per-token draft probabilities ->
-  cumulative confidence; ``plan``; ``deepest_worth`` over confidences
-  continued past the proposal (the next depth); then, off the critical path,
-  ``learn`` on outcomes drawn from the confidences, the drafter's timing,
+  cumulative confidence; ``plan``; then, off the critical path, ``learn`` on
+  outcomes drawn from the confidences, ``deepest_worth`` over confidences
+  continued past the proposal (the next depth), the drafter's timing,
   ``observe_step_time`` and the next step's costs.
 - ``ngram`` (prompt lookup): scores from each request's acceptance history,
   ``plan``, ``learn`` + shadow outcomes, history updates, step time.
@@ -88,11 +88,7 @@ def run(family: str, batch: int, steps: int, k_max: int, seed: int, digest: bool
         else:
             raw = history.scores(ids, k_max, n_avail, groups.tolist())
         plan = pol.plan(raw, n_avail, extra_tokens=0, extra_seqs=0, groups=groups, extra_outputs=0)
-        if model:  # as TileSpecScheduler: the next depth is the depth what-if's answer
-            limit = np.full(batch, k_max, np.int64)
-            want = pol.deepest_worth(ext.extend(raw, limit), limit, groups=groups) if plan.k.any() else 0
-            recent = (recent + [want])[-2:]
-            depth = int(min(k_max, max(1, max(recent))))
+        if model:
             pol.note_depth(depth, plan=plan)
         t1 = time.perf_counter()
         # --- outcomes: counted at once (metrics), prompt-lookup history at once (the next plan scores by it)
@@ -111,7 +107,11 @@ def run(family: str, batch: int, steps: int, k_max: int, seed: int, digest: bool
         if not model:
             zero = np.flatnonzero((plan.k == 0) & ~np.isnan(raw[:, 0]))
             pol.learn_shadow(raw[zero, 0], (run_len[zero] > 0).astype(float), groups[zero])
-        else:
+        else:  # as TileSpecScheduler._answer_depth: the next depth is the depth what-if's answer
+            limit = np.full(batch, k_max, np.int64)
+            want = pol.deepest_worth(ext.extend(raw, limit), limit, groups=groups) if plan.k.any() else 0
+            recent = (recent + [want])[-2:]
+            depth = int(min(k_max, max(1, max(recent))))
             ext.observe(probs)
             pol.observe_drafter(batch, depth, 0.5 + 0.3 * depth, 0.5, 0.3)
         pol.observe_step_time(6.0 + 0.01 * batch + 0.05 * float(plan.k.sum()) + rng.normal(0, 0.3), plan=plan)

@@ -284,9 +284,9 @@ class TileSpecPolicy:
         self._costs_key: tuple | None = None           # (batch, fit steps, drafter timings) the costs are for
         self._depth_costs: np.ndarray | None = None    # model drafters: cost of further draft steps by depth
         self._further_steps = np.maximum(np.arange(self.k_max + 1) - 1.0, 0.0)  # draft steps after the first
-        # Model drafters (set by the engine adapter): the drafter's own timings (observe_drafter) give its cost
-        # by batch size and depth, charged by the deepest K of a plan (KSelector's cost by k_max); note_depth
-        # tells what the drafter ran, so that the step-time fit sees the step without the drafter.
+        # Model drafters (use_depth_cost, set by the engine adapter): a cost per further draft step, fitted on
+        # measured steps with the drafter's own timings (observe_drafter) as prior, prices the depth what-if
+        # (deepest_worth) and each plan's predicted step; note_depth tells the fit how deep the drafter ran.
         self.drafter: DrafterCost | None = None
         self._learned = 0                              # steps learned from
         self._group_drafted_at: dict[int, int] = {}    # request group -> last step in which it verified drafts
