@@ -88,6 +88,7 @@ def parse_args(argv=None):
     p.add_argument("--osl", type=int, default=64, help="forced output tokens per request")
     p.add_argument("--requests", type=int, default=None, help="requests per trial (default 4 x concurrency, >= 8)")
     p.add_argument("--out", default="benchmarks/results/vllm_e2e", help="output folder")
+    p.add_argument("--replot", metavar="JSON", help="only redraw the PNG of a saved vllm_e2e.json and exit")
     p.add_argument("--quick", action="store_true",
                    help="short run: arms no_spec,ngram_k4,tilespec; concurrency 1,4; 2 trials")
     return p.parse_args(argv)
@@ -320,7 +321,15 @@ def print_table(summary, arms):
         print(f"{e['workload']:<10}{e['concurrency']:>4}  {cells}")
 
 
+ARM_COLORS = {"no_spec": "black", "ngram_k2": "#9ecae1", "ngram_k4": "#4292c6", "ngram_k8": "#08519c",
+              "eagle3_k1": "#fdd0a2", "eagle3_k3": "#fd8d3c", "eagle3_k5": "#d94801", "eagle3_k7": "#7f2704",
+              "dynamic": "tab:green", "tilespec": "tab:red"}
+
+
 def plot(summary, arms, png: Path, context: dict):
+    """Per workload: each arm's median tokens/s (min-max over trials) above, and below tilespec / arm as the
+    geometric mean of paired trials with its 95% interval, against the issues' bar (0.97): the lower panel is
+    the one to read on a host whose speed moves within a trial."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -328,10 +337,11 @@ def plot(summary, arms, png: Path, context: dict):
     import numpy as np
 
     wls = sorted({e["workload"] for e in summary})
-    fig, axes = plt.subplots(1, len(wls), figsize=(6.5 * len(wls), 4.8), squeeze=False)
-    colors = {"no_spec": "black", "ngram_k2": "#9ecae1", "ngram_k4": "#4292c6", "ngram_k8": "#08519c",
-              "dynamic": "tab:green", "tilespec": "tab:red"}
-    for ax, wl in zip(axes[0], wls):
+    fig, axes = plt.subplots(2, len(wls), figsize=(max(8.0, 6.5 * len(wls)), 8.4), squeeze=False,
+                             gridspec_kw={"height_ratios": [1.2, 1]})
+    others = [a for a in arms if a != "tilespec"]
+    for col, wl in enumerate(wls):
+        ax, rx = axes[0][col], axes[1][col]
         es = [e for e in summary if e["workload"] == wl]
         x = np.arange(len(es))
         w = 0.8 / max(1, len(arms))
@@ -340,18 +350,59 @@ def plot(summary, arms, png: Path, context: dict):
             lo = [v - (e["arms"].get(a, {}).get("min") or v) for v, e in zip(vals, es)]
             hi = [(e["arms"].get(a, {}).get("max") or v) - v for v, e in zip(vals, es)]
             ax.bar(x + (i - (len(arms) - 1) / 2) * w, vals, w, yerr=[lo, hi], capsize=2, label=a,
-                   color=colors.get(a, None))
+                   color=ARM_COLORS.get(a, f"C{i}"))
         ax.set_xticks(x)
-        ax.set_xticklabels([f"c={e['concurrency']}" + (f"\nts/best {e['tilespec_vs_best']:.2f}"
-                                                         if "tilespec_vs_best" in e else "") for e in es])
+        ax.set_xticklabels([f"c={e['concurrency']}" for e in es])
         ax.set_title(f"{wl}: output tokens/s (median, min-max over trials)", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
+        w2 = 0.8 / max(1, len(others))
+        for i, a in enumerate(others):
+            prs = [e.get("tilespec_vs_each_paired", {}).get(a) for e in es]
+            xs = [xi + (i - (len(others) - 1) / 2) * w2 for xi, pr in zip(x, prs) if pr]
+            ok = [pr for pr in prs if pr]
+            if not ok:
+                continue
+            r = np.array([pr["ratio"] for pr in ok])
+            err = [r - np.array([pr["low"] for pr in ok]), np.array([pr["high"] for pr in ok]) - r]
+            rx.errorbar(xs, r, yerr=err, fmt="o", capsize=3, color=ARM_COLORS.get(a, f"C{i}"), label=a)
+        rx.axhline(1.0, color="gray", lw=0.8)
+        rx.axhline(0.97, color="tab:red", lw=0.8, ls="--", label="0.97 bar")
+        rx.set_xticks(x)
+        rx.set_xticklabels([f"c={e['concurrency']}" for e in es])
+        rx.set_title(f"{wl}: tilespec / arm, geometric mean of paired trials, 95% interval", fontsize=10)
+        rx.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"vLLM {context['engine_version']} on {context['hardware']}, model {context['model_name']} "
-                 f"({context['model_params_m']}M params), OSL {context['osl']}", fontsize=9)
+    axes[1][0].legend(fontsize=7, ncol=2)
+    params = f", {context['model_params_m']}M params" if context.get("model_params_m") else ""
+    fig.suptitle(f"vLLM {context['engine_version']}, {context['hardware']}\n{context['model_name']}{params}, "
+                 f"drafter {context.get('drafter', 'ngram')}, OSL {context['osl']}\n{context.get('trials')} trials "
+                 "per arm, each paired with a tilespec trial run next to it", fontsize=9)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+def _param_count(model: Path) -> int | None:
+    """Parameters of a model folder, from its safetensors headers (shapes only, no tensor is read)."""
+    import math
+    import struct
+
+    total = 0
+    for f in sorted(Path(model).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            header = json.loads(fh.read(n))
+        total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    return total or None
+
+
+def replot(json_path: Path) -> Path:
+    """Redraw ``vllm_e2e.png`` beside a saved ``vllm_e2e.json`` (e.g. after a change to the plot)."""
+    d = json.loads(Path(json_path).read_text())
+    arms = list(d["context"]["arms"])
+    png = Path(json_path).with_suffix(".png")
+    plot(d["summary"], arms, png, d["context"])
+    return png
 
 
 def _plot_calibrations(root: Path) -> None:
@@ -390,6 +441,9 @@ def default_models(drafter: str, build_head: bool = True) -> tuple[Path, Path | 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        print(f"wrote {replot(Path(args.replot))}")
+        return 0
     if args.quick:
         quick_static = "eagle3_k3" if args.drafter == "eagle3" else "ngram_k4"
         args.arms, args.concurrency, args.trials = f"no_spec,{quick_static},tilespec", "1,4", 2
@@ -425,8 +479,7 @@ def main(argv=None) -> int:
     import vllm
 
     cfg = json.loads((model / "config.json").read_text())
-    params = json.loads((model / "widened_from.json").read_text())["params"] if (model / "widened_from.json").exists() \
-        else None
+    params = _param_count(model)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     import os
 

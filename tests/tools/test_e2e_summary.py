@@ -40,3 +40,21 @@ def test_paired_ratio_needs_two_pairs_and_ignores_unpaired_trials():
     assert E.paired_ratio(rows, "eagle3_k3") is None
     rows = _rows([500.0, 520.0], [500.0, 520.0])
     assert E.paired_ratio(rows, "eagle3_k3")["ratio"] == pytest.approx(1.0)
+
+
+def test_replot_redraws_the_png_of_a_saved_run(tmp_path):
+    import json
+
+    E = _e2e()
+    rows = []
+    for wl, c in (("code_edit", 1), ("code_edit", 4)):
+        for r in _rows([400.0, 500.0, 450.0], [380.0, 510.0, 440.0]) + _rows([300.0, 350.0], [330.0, 360.0], "no_spec"):
+            rows.append({**r, "workload": wl, "concurrency": c, "tpot_ms_p50": 5.0, "acceptance_length": 2.0})
+    arms = ["no_spec", "eagle3_k3", "tilespec"]
+    summary = E.summarize_rows(rows, arms)
+    context = {"engine_version": "0.32.0", "hardware": "test host", "model_name": "m", "model_params_m": 3.1,
+               "osl": 48, "trials": 3, "drafter": "eagle3", "arms": {a: None for a in arms}}
+    saved = tmp_path / "vllm_e2e.json"
+    saved.write_text(json.dumps({"context": context, "summary": summary, "results": rows}))
+    png = E.replot(saved)
+    assert png == tmp_path / "vllm_e2e.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
