@@ -23,6 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Up to this many draft slots (requests x K) the scores are computed in plain Python, where no call releases
+# the GIL on the engine's critical path (see selector.SMALL_PLAN); 16 requests x K=8: 11 us against 8 us.
+SMALL_SCORES = 256
+
 
 @dataclass
 class _Posterior:
@@ -100,9 +104,18 @@ class AcceptanceHistory:
     def scores(self, req_ids: list[str], k_max: int, n_avail: np.ndarray, classes: list | None = None) -> np.ndarray:
         """Raw cumulative confidence [len(req_ids), k_max]; NaN past each request's drafts."""
         cls = classes if classes is not None else [None] * len(req_ids)
+        if len(req_ids) * k_max <= SMALL_SCORES:  # plain Python (see SMALL_SCORES)
+            nan = float("nan")
+            rows = []
+            for r, c, a in zip(req_ids, cls, np.asarray(n_avail).tolist()):
+                rate, p, row = self.rate(r, c), 1.0, []
+                for i in range(k_max):
+                    p *= rate  # rate ** (i + 1) by repeated products, as the NumPy path: the same bits
+                    row.append(p if i < a else nan)
+                rows.append(row)
+            return np.array(rows, dtype=np.float64).reshape(len(req_ids), k_max)
         rates = np.array([self.rate(r, c) for r, c in zip(req_ids, cls)], dtype=np.float64)
-        depth = np.arange(1, k_max + 1, dtype=np.float64)
-        out = rates[:, None] ** depth[None, :]
+        out = np.cumprod(np.repeat(rates[:, None], k_max, axis=1), axis=1)
         out[np.arange(k_max)[None, :] >= np.asarray(n_avail)[:, None]] = np.nan
         return out
 

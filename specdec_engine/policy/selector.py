@@ -61,9 +61,13 @@ RANK_SHIFT = 14          # keep 9 mantissa bits: probabilities within ~0.2% rank
 # server is waiting for it right when the next plan starts, so each release handed it the GIL in the middle of
 # the step's critical path (measured in ``vllm serve``, 1 request: the plan took 0.55-0.97 ms of wall time for
 # 0.13-0.19 ms of its thread's CPU; SPECDEC_PHASE_TIMER). Held through the plan, the GIL passes to that thread
-# while the engine waits for the forward, where its work overlaps. Above this size NumPy is faster and a step
-# is long enough for one hand-over not to matter (16 requests x K=8: 166 us in Python against ~100 us).
-SMALL_PLAN = 64
+# while the engine waits for the forward, where its work overlaps. One hand-over costs what that thread then
+# does with the GIL, which grows with the batch: in ``vllm serve`` at 16 requests (code_edit, 69M target) the
+# first GIL-releasing call of the plan took 0.3-0.6 ms of wall time for 0.01-0.1 ms of CPU, wherever it was
+# (moving one call to Python moved the wait to the next). Pure Python costs more CPU than NumPy at this size
+# (``benchmarks/policy_cost.py``, ngram plans: 16 x K=8 181 us against 65 us, 32 x K=8 323 us against 77 us),
+# less than the hand-over; above it NumPy is the better bet.
+SMALL_PLAN = 256
 
 
 def rank_keys(flat_cum_p: np.ndarray) -> np.ndarray:

@@ -368,10 +368,12 @@ class TileSpecScheduler(Scheduler):
             pol.learn(raw, k, acc, groups, plan=plan, counted=True)
             pol.learn_shadow(*shadow)
             if debug is not None:
-                logger.info("TileSpec debug: step reqs=%d tokens=%d generated=%d predicted=%s measured=%.2f "
-                            "per_draft=%.2f overhead=%.2f", *debug,
+                logger.info("TileSpec debug: step reqs=%d tokens=%d generated=%d depth=%d predicted=%s forward=%s "
+                            "drafts=%s measured=%.2f per_draft=%.2f overhead=%.2f fit=%s", *debug,
                             None if plan is None or plan.predicted_ms is None else round(plan.predicted_ms, 2),
-                            measured_ms, pol.selector.per_draft_ms, pol.selector.overhead_ms)
+                            None if plan is None else round(plan.forward_ms, 2),
+                            None if plan is None else plan.drafts,
+                            measured_ms, pol.selector.per_draft_ms, pol.selector.overhead_ms, fit)
             if plan is not None:
                 pol.observe_step_time(measured_ms, fit=fit, plan=plan)
             if pol.fallback.transitions != before:
@@ -419,7 +421,7 @@ class TileSpecScheduler(Scheduler):
                 if _DEBUG:
                     sampled = model_runner_output.sampled_token_ids or []
                     debug = (len(scheduler_output.num_scheduled_tokens), scheduler_output.total_num_scheduled_tokens,
-                             sum(len(x) for x in sampled))
+                             sum(len(x) for x in sampled), scheduler_output.num_spec_tokens_to_schedule)
                 self._flush_learning()  # a step whose outcome was never learned (no get_grammar_bitmask call)
                 self._answer_depth()
                 self._pending = (self._step_plan, raw, k, acc, groups, shadow, measured_ms,

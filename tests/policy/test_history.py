@@ -22,6 +22,29 @@ def test_requests_learn_their_own_rate_and_new_ones_start_from_their_class():
     assert h2.global_rate("x") == 0.5 and h2.global_rate("y") == 0.5
 
 
+def test_small_scores_in_plain_python_equal_the_numpy_scores(monkeypatch):
+    """Batches up to SMALL_SCORES slots are scored in plain Python (no GIL release on the engine's critical
+    path); the scores, and so the plans, are the same bits as the NumPy path's."""
+    import specdec_engine.policy.history as H
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        h = AcceptanceHistory()
+        b, k = int(rng.integers(0, 12)), int(rng.integers(1, 9))
+        ids = [f"r{i}" for i in range(b)]
+        for rid in ids:
+            for _ in range(int(rng.integers(0, 5))):
+                h.observe(rid, int(rng.integers(0, 5)), int(rng.integers(0, 2)), int(rng.integers(0, 2)))
+        avail = rng.integers(0, k + 2, b)
+        classes = rng.integers(0, 2, b).tolist()
+        small = h.scores(ids, k, avail, classes)
+        monkeypatch.setattr(H, "SMALL_SCORES", -1)
+        big = h.scores(ids, k, avail, classes)
+        monkeypatch.setattr(H, "SMALL_SCORES", 256)
+        assert small.shape == big.shape == (b, k)
+        np.testing.assert_array_equal(small, big)
+
+
 def test_position_calibration_learns_runs():
     # acceptance in runs: the deep drafts of a request whose first draft was accepted are accepted too
     cal = Calibration(n_positions=4)
