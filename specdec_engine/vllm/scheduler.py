@@ -70,6 +70,31 @@ def request_group(request) -> int:
     return 1 if t <= 0.5 else 2 if t <= 1.0 else 3
 
 
+def cumulative_confidence(conf: dict, ids: list, k_max: int, n_avail) -> tuple[np.ndarray, np.ndarray]:
+    """(per-token draft probabilities, their cumulative products), both [len(ids), k_max], NaN past each
+    request's usable drafts (``n_avail``) and on rows without confidences.
+
+    Plain Python, then one array per result: on the engine's critical path a NumPy ufunc (``np.cumprod``) can
+    release the GIL to the engine core's output thread for the whole of its work (see selector.SMALL_PLAN);
+    the products are taken in the same order as ``np.cumprod``, so the values are the same bits.
+    """
+    nan = float("nan")
+    probs, cums = [], []
+    for rid, avail in zip(ids, np.asarray(n_avail).tolist()):
+        c = conf.get(rid)
+        m = 0 if c is None else min(len(c), k_max, avail)
+        p_row = [float(x) for x in c[:m]] if m else []
+        p_row += [nan] * (k_max - m)
+        run, c_row = 1.0, []
+        for j, p in enumerate(p_row):
+            run = p if j == 0 else run * p
+            c_row.append(run)
+        probs.append(p_row)
+        cums.append(c_row)
+    shape = (len(ids), k_max)
+    return np.array(probs, dtype=np.float64).reshape(shape), np.array(cums, dtype=np.float64).reshape(shape)
+
+
 def _pure_decode(scheduler_output) -> bool:
     """True if every scheduled request verifies 1 + its drafts (no prefill chunk): what the profile timed."""
     spec = scheduler_output.scheduled_spec_decode_tokens
@@ -80,7 +105,8 @@ class TileSpecScheduler(Scheduler):
     LOG_INTERVAL_S = 30.0
     DEPTH_WINDOW = 2  # model drafters: the next proposal is as deep as the deepest wanted in this many plans
     QUIET_PLANS = 16      # prompt lookup: after this many plans in a row verified no draft ...
-    QUIET_DRAFT_EVERY = 4  # ... propose on one step in this many, until a plan verifies a draft again
+    QUIET_DRAFT_EVERY = 4  # ... propose on one step in this many, until a plan verifies a draft again;
+    QUIET_DRAFT_MAX_EVERY = 16  # ... twice as rarely after each further QUIET_PLANS quiet plans, down to this
     GAP_LIMIT_MS = 1000.0  # a longer pause between steps is the engine waiting for work, not its cost
 
     def __init__(self, *args, **kwargs):
@@ -179,23 +205,12 @@ class TileSpecScheduler(Scheduler):
         conf = self._draft_conf
         if conf and all(rid in conf for rid in ids):
             # model drafters: cumulative product of each draft token's probability (no history score needed)
-            probs = np.full((len(ids), K), np.nan)
-            for i, rid in enumerate(ids):
-                c = conf[rid]
-                m = int(min(len(c), K, n_avail[i]))
-                probs[i, :m] = c[:m]
-            raw = np.cumprod(probs, axis=1)
+            probs, raw = cumulative_confidence(conf, ids, K, n_avail)
             self._drafted_probs = probs  # the extrapolator learns from them off the critical path
         else:
             raw = self._history.scores(ids, K, n_avail, classes) if rows else np.zeros((0, K))
             if conf:  # some requests came with confidences, others (paths that send none) are scored by history
-                probs = np.full((len(ids), K), np.nan)
-                for i, rid in enumerate(ids):
-                    c = conf.get(rid)
-                    if c is not None:
-                        m = int(min(len(c), K, n_avail[i]))
-                        probs[i, :m] = c[:m]
-                cum = np.cumprod(probs, axis=1)
+                probs, cum = cumulative_confidence(conf, ids, K, n_avail)
                 have = ~np.isnan(cum)
                 raw[have] = cum[have]
                 self._drafted_probs = probs
@@ -244,8 +259,13 @@ class TileSpecScheduler(Scheduler):
             # request's context per proposal (fast_path skips it at 0) and each plan scores the drafts, the
             # engine's only costs above no speculation on such traffic. A plan that verifies a draft ends the
             # quiet spell (_note_plan).
+            # The longer the spell, the rarer the proposals: each costs a context search and a shadow plan
+            # (in ``vllm serve`` at 1 request, 69M target: the proposer ~0.2 ms of a ~10 ms step), while
+            # speculation coming back needs only resume_steps good shadow plans (at 1 in 16: ~64 steps).
+            every = min(self.QUIET_DRAFT_MAX_EVERY,
+                        self.QUIET_DRAFT_EVERY << max(0, self._quiet_plans // self.QUIET_PLANS - 1))
             self._quiet_steps += 1
-            return requested if self._quiet_steps % self.QUIET_DRAFT_EVERY == 0 else 0
+            return requested if self._quiet_steps % every == 0 else 0
         return requested
 
     def _note_plan(self, verified_any: bool) -> None:
@@ -291,6 +311,9 @@ class TileSpecScheduler(Scheduler):
         """Each planned request's accepted drafts (``len(sampled) - 1``, as vLLM counts), counted at once (our
         counters must never lag vLLM's on /metrics), and the per-request history updated at once (the next
         plan scores prompt-lookup drafts by it). Returns what the policy learns from later (_flush_learning)."""
+        if not self._inflight:  # nothing was planned (speculation off, no drafts): nothing to count or learn
+            none = np.zeros(0, dtype=np.int64)
+            return np.zeros((0, self._k_max)), none, none, none, ([], [], [])
         index = model_runner_output.req_id_to_index
         sampled = model_runner_output.sampled_token_ids
         rows, ks, accs, groups, shadow_scores, shadow_hits, shadow_groups = [], [], [], [], [], [], []

@@ -155,3 +155,26 @@ def test_the_what_if_changes_no_counter():
     before = (pol.stats.steps, list(pol.stats.chosen_k), pol.stats.draft_tokens, pol.rates.rate(4))
     assert pol.deepest_worth(raw, np.full(4, 6)) > 0
     assert (pol.stats.steps, list(pol.stats.chosen_k), pol.stats.draft_tokens, pol.rates.rate(4)) == before
+
+
+def test_cumulative_confidence_in_plain_python_equals_numpy_cumprod():
+    """The model drafter's scores are built in plain Python on the engine's critical path (no GIL release);
+    they are the bits the NumPy version gave: per-token probabilities, NaN past each request's usable drafts
+    or on a request without confidences, and their running products."""
+    from specdec_engine.vllm.scheduler import cumulative_confidence
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        b, k = int(rng.integers(0, 10)), int(rng.integers(1, 9))
+        ids = [f"r{i}" for i in range(b)]
+        conf = {r: rng.random(int(rng.integers(0, k + 3))).astype(np.float32).tolist()
+                for r in ids if rng.random() < 0.8}
+        avail = rng.integers(0, k + 2, b)
+        expected = np.full((b, k), np.nan)
+        for i, r in enumerate(ids):
+            if r in conf:
+                m = int(min(len(conf[r]), k, avail[i]))
+                expected[i, :m] = conf[r][:m]
+        probs, cum = cumulative_confidence(conf, ids, k, avail)
+        np.testing.assert_array_equal(probs, expected)
+        np.testing.assert_array_equal(cum, np.cumprod(expected, axis=1))

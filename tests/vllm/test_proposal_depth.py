@@ -57,3 +57,20 @@ def test_off_for_lack_of_acceptance_drafts_nothing_and_a_model_drafter_follows_i
     for _ in range(TileSpecScheduler.QUIET_PLANS):
         m._note_plan(False)
     assert [m._proposal_depth(7) for _ in range(5)] == [3] * 5  # no quiet thinning: its first pass runs anyway
+
+
+def test_a_long_quiet_spell_proposes_ever_more_rarely_down_to_one_step_in_sixteen():
+    """Each further QUIET_PLANS quiet plans halve how often prompt lookup proposes (its search and the shadow
+    plan cost every proposing step), down to one step in QUIET_DRAFT_MAX_EVERY; a verified draft resets it."""
+    s = _scheduler()
+    T = TileSpecScheduler
+    for _ in range(T.QUIET_PLANS * 2):
+        s._note_plan(False)
+    depths = [s._proposal_depth(8) for _ in range(64)]
+    assert depths.count(8) == 64 // (2 * T.QUIET_DRAFT_EVERY)
+    for _ in range(T.QUIET_PLANS * 10):
+        s._note_plan(False)
+    depths = [s._proposal_depth(8) for _ in range(64)]
+    assert depths.count(8) == 64 // T.QUIET_DRAFT_MAX_EVERY
+    s._note_plan(True)
+    assert [s._proposal_depth(8) for _ in range(5)] == [8] * 5
