@@ -63,7 +63,7 @@ RANK_SHIFT = 14          # keep 9 mantissa bits: probabilities within ~0.2% rank
 # 0.13-0.19 ms of its thread's CPU; SPECDEC_PHASE_TIMER). Held through the plan, the GIL passes to that thread
 # while the engine waits for the forward, where its work overlaps. One hand-over costs what that thread then
 # does with the GIL, which grows with the batch: in ``vllm serve`` at 16 requests (code_edit, 69M target) the
-# first GIL-releasing call of the plan took 0.3-0.6 ms of wall time for 0.01-0.1 ms of CPU, wherever it was
+# first GIL-releasing call of a plan took 0.3-1.8 ms of wall time for 0.01-0.1 ms of CPU, wherever it was
 # (moving one call to Python moved the wait to the next). Pure Python costs more CPU than NumPy at this size
 # (``benchmarks/policy_cost.py``, ngram plans: 16 x K=8 181 us against 65 us, 32 x K=8 323 us against 77 us),
 # less than the hand-over; above it NumPy is the better bet.
