@@ -23,9 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Up to this many draft slots (requests x K) the scores are computed in plain Python, where no call releases
-# the GIL on the engine's critical path (see selector.SMALL_PLAN); 16 requests x K=8: 11 us against 8 us.
-SMALL_SCORES = 256
+from .selector import SMALL_PLAN
 
 
 @dataclass
@@ -104,7 +102,9 @@ class AcceptanceHistory:
     def scores(self, req_ids: list[str], k_max: int, n_avail: np.ndarray, classes: list | None = None) -> np.ndarray:
         """Raw cumulative confidence [len(req_ids), k_max]; NaN past each request's drafts."""
         cls = classes if classes is not None else [None] * len(req_ids)
-        if len(req_ids) * k_max <= SMALL_SCORES:  # plain Python (see SMALL_SCORES)
+        if len(req_ids) * k_max <= SMALL_PLAN:
+            # plain Python, as the plan it feeds (selector.SMALL_PLAN): no call that releases the GIL on the
+            # engine's critical path; 16 requests x K=8: 11 us against 8 us for NumPy
             nan = float("nan")
             rows = []
             for r, c, a in zip(req_ids, cls, np.asarray(n_avail).tolist()):

@@ -23,7 +23,7 @@ def test_requests_learn_their_own_rate_and_new_ones_start_from_their_class():
 
 
 def test_small_scores_in_plain_python_equal_the_numpy_scores(monkeypatch):
-    """Batches up to SMALL_SCORES slots are scored in plain Python (no GIL release on the engine's critical
+    """Batches up to SMALL_PLAN slots are scored in plain Python (no GIL release on the engine's critical
     path); the scores, and so the plans, are the same bits as the NumPy path's."""
     import specdec_engine.policy.history as H
 
@@ -38,9 +38,9 @@ def test_small_scores_in_plain_python_equal_the_numpy_scores(monkeypatch):
         avail = rng.integers(0, k + 2, b)
         classes = rng.integers(0, 2, b).tolist()
         small = h.scores(ids, k, avail, classes)
-        monkeypatch.setattr(H, "SMALL_SCORES", -1)
+        monkeypatch.setattr(H, "SMALL_PLAN", -1)
         big = h.scores(ids, k, avail, classes)
-        monkeypatch.setattr(H, "SMALL_SCORES", 256)
+        monkeypatch.setattr(H, "SMALL_PLAN", 256)
         assert small.shape == big.shape == (b, k)
         np.testing.assert_array_equal(small, big)
 
