@@ -351,12 +351,15 @@ class CalibrationAutosave:
         self._last = time.monotonic()
 
     def maybe_save(self, cache: "ProfileCache", key: "CacheKey | None", latency, calibration, *,
-                   profile_meta: dict | None = None, extra_meta: dict | None = None, force: bool = False) -> None:
+                   profile_meta: dict | None = None, extra_meta=None, force: bool = False) -> None:
+        """``extra_meta``: a dict, or a function returning one (called only when a save is due)."""
         if key is None or calibration is None or latency is None:
             return
         now = time.monotonic()
         if not force and now - self._last < self.interval_s:
             return
+        if callable(extra_meta):  # built only when a save is due (callers run this check on every step)
+            extra_meta = extra_meta()
         self._last = now
         if calibration.n_pairs == 0:
             return

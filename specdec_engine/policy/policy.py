@@ -532,11 +532,32 @@ class TileSpecPolicy:
         if plan is not None and not plan.learned:  # a plan's predicted gain counts once
             gain, plan.learned = plan.gain, True
         self.fallback.observe(gain, int((k > 0).sum()), int((acc > 0).sum()))
+        self._note_transition()
+
+    def _note_transition(self) -> None:
         if self.fallback.transitions != self._transitions:
             self._transitions = self.fallback.transitions
             if self.fallback.state == SpecState.OFF:  # the groups whose drafts were just judged
                 self._off_groups = {g for g, at in self._group_drafted_at.items()
                                     if self._learned - at < self.EVIDENCE_PLANS}
+
+    def plan_idle(self) -> None:
+        """A step with decode requests but no drafts while speculation is OFF, counted without a plan.
+
+        What :meth:`plan` does for such a step (nothing to verify, no evidence, no prediction to time), minus
+        its work: an engine that switched speculation off runs this on nearly every step (open generation:
+        prompt lookup finds nothing on most steps), so it must cost next to nothing. Pair it with
+        :meth:`learn_idle` when the step is done."""
+        self.stats.steps += 1
+        self.stats.steps_spec_off += 1
+        self._last_plan = None
+
+    def learn_idle(self) -> None:
+        """The outcome of a :meth:`plan_idle` step: only the fallback's clock moves (the probe interval counts
+        steps), as :meth:`learn` would for a step with nothing verified and no predicted gain."""
+        self._learned += 1
+        self.fallback.observe(None, 0, 0)
+        self._note_transition()
 
     def wake_for_groups(self, group_rates: dict[int, float]) -> bool:
         """While OFF for lack of acceptance: probe now if requests of a group that had no part in the evidence

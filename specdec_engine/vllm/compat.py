@@ -83,7 +83,8 @@ TOUCHES: tuple[Touch, ...] = (
           "a step that verifies no draft takes vLLM's plain sampling path (no rejection sampler)",
           ("scheduler_output", "num_scheduled_tokens")),
     Touch("runner.sample_tokens", "vllm.v1.worker.gpu_model_runner:GPUModelRunner.sample_tokens", "WRAP",
-          "return the step's drafts with its output (attribute specdec_drafts) instead of a second RPC",
+          "return the step's drafts with its output (attribute specdec_drafts) instead of a second RPC; a step "
+          "that verifies and proposes nothing samples with speculative_config cleared (prompt lookup)",
           ("grammar_output",)),
     Touch("runner.propose_draft_token_ids",
           "vllm.v1.worker.gpu_model_runner:GPUModelRunner.propose_draft_token_ids", "WRAP",

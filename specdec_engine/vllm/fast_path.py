@@ -23,6 +23,14 @@ tilespec engines with prompt-lookup drafters, three wrappers remove most of it:
    prompt lookup's search over every request's context for nothing (vLLM runs
    it with K=0; measured in-process at 4 requests: 0.27 ms of a 14.5 ms step).
 
+4. ``GPUModelRunner.sample_tokens`` again (worker): a step that verifies no
+   draft *and* proposes none (the scheduler's quiet spell while speculation
+   is off) samples with ``speculative_config`` cleared for the whole call,
+   exactly as an engine without speculation does: no drafter bookkeeping, no
+   empty draft lists built, shipped and applied per request. vLLM's
+   deferred KV-connector finalisation is the one thing that path would skip,
+   so it is taken only without a KV connector.
+
 (2), the drafts' hand-over with the step's output, is for every tilespec
 engine with synchronous scheduling and no pipeline parallelism: for a model
 drafter the drafts carry its per-token confidences and timing
@@ -45,8 +53,9 @@ FAST_BASES = PROMPT_LOOKUP_BASES
 DRAFTS_ATTR = "specdec_drafts"
 
 
-def _flags(runner) -> tuple[bool, bool]:
-    """(drafts return with the step's output, lean K=0 path for prompt lookup), decided once per runner."""
+def _flags(runner) -> tuple[bool, bool, bool]:
+    """(drafts return with the step's output, lean K=0 path for prompt lookup, dormant steps (4) allowed),
+    decided once per runner."""
     flags = getattr(runner, "_specdec_fast_path", None)
     if flags is None:
         from .runtime import tilespec_config
@@ -56,7 +65,8 @@ def _flags(runner) -> tuple[bool, bool]:
         one_rpc = (cfg is not None and cfg.k0_fast_path and runner.speculative_config is not None and pp == 1
                    and not getattr(runner, "use_async_scheduling", False)
                    and not getattr(runner, "use_async_spec_decode", False))
-        flags = (one_rpc, one_rpc and cfg.base in FAST_BASES)
+        lean = one_rpc and cfg.base in FAST_BASES
+        flags = (one_rpc, lean, lean and getattr(runner.vllm_config, "kv_transfer_config", None) is None)
         runner._specdec_fast_path = flags
     return flags
 
@@ -69,7 +79,10 @@ def _enabled(runner) -> bool:
 def make_prepare_inputs_wrapper(original):
     def _prepare_inputs(self, scheduler_output, num_scheduled_tokens, *args, **kwargs):
         if scheduler_output.scheduled_spec_decode_tokens or not _enabled(self):
+            self._specdec_dormant = False
             return original(self, scheduler_output, num_scheduled_tokens, *args, **kwargs)
+        # nothing to verify; if nothing is to be proposed either, sample_tokens runs as without speculation
+        self._specdec_dormant = scheduler_output.num_spec_tokens_to_schedule == 0 and _flags(self)[2]
         if not getattr(self, "_specdec_k0_logged", False):
             self._specdec_k0_logged = True
             logger.info("TileSpec: a step with no draft to verify runs on vLLM's plain sampling path "
@@ -86,6 +99,17 @@ def make_prepare_inputs_wrapper(original):
 
 def make_sample_tokens_wrapper(original):
     def sample_tokens(self, grammar_output, *args, **kwargs):
+        if getattr(self, "_specdec_dormant", False):  # (4): set by _prepare_inputs of this step
+            self._specdec_dormant = False
+            spec = self.speculative_config
+            self.speculative_config = None
+            try:
+                out = original(self, grammar_output, *args, **kwargs)
+            finally:
+                self.speculative_config = spec
+            if out is not None and hasattr(out, "sampled_token_ids"):
+                setattr(out, DRAFTS_ATTR, None)  # no drafts, and no second RPC for them either
+            return out
         out = original(self, grammar_output, *args, **kwargs)
         if _flags(self)[0] and out is not None and hasattr(out, "sampled_token_ids"):
             setattr(out, DRAFTS_ATTR, self.take_draft_token_ids())

@@ -68,7 +68,8 @@ class EngineRuntime:
         if self._autosave is None:
             self._autosave = CalibrationAutosave(self.cfg.calibration_save_interval_s)
         self._autosave.maybe_save(self.cache, self.key, self.latency, self.calibration, profile_meta=self.profile_info,
-                                  extra_meta={"history_priors": self.history.export_priors()}, force=force)
+                                  extra_meta=lambda: {"history_priors": self.history.export_priors()},
+                                  force=force)
 
 
 _RUNTIMES: dict[int, EngineRuntime] = {}

@@ -12,7 +12,12 @@ Set as ``scheduler_cls`` by the config rewrite (see ``plugin.py``). Per step:
    (``_proposal_depth``): nothing while off for lack of acceptance (a probe
    comes early when requests of another group arrive: ``wake_for_groups``),
    only as deep as recent plans verify for a model drafter, and for prompt
-   lookup on one step in four while plans keep verifying nothing.
+   lookup on one step in four (down to one in sixteen) while plans keep
+   verifying nothing or its proposals yield almost no accepted token. A step
+   with no draft while speculation is off is counted, not planned
+   (``TileSpecPolicy.plan_idle``), and the worker runs it as an engine
+   without speculation would when nothing is to be proposed either
+   (``fast_path.py``).
 2. ``update_from_output()``: each request's accepted count is
    ``len(sampled) - 1``, exactly as vLLM computes it; the counters and each
    request's acceptance history take it at once. A draft that was proposed
@@ -107,6 +112,13 @@ class TileSpecScheduler(Scheduler):
     QUIET_PLANS = 16      # prompt lookup: after this many plans in a row verified no draft ...
     QUIET_DRAFT_EVERY = 4  # ... propose on one step in this many, until a plan verifies a draft again;
     QUIET_DRAFT_MAX_EVERY = 16  # ... twice as rarely after each further QUIET_PLANS quiet plans, down to this
+    # prompt lookup: the same thinning while its proposals yield under QUIET_YIELD tokens (accepted drafts plus
+    # first drafts that would have been accepted) per request and proposing step and find a draft for under
+    # QUIET_FOUND of the requests, each averaged over ~YIELD_WINDOW proposing steps; twice as rarely after each
+    # further YIELD_WINDOW steps of it (see _proposal_depth)
+    QUIET_YIELD = 0.02
+    QUIET_FOUND = 0.1
+    YIELD_WINDOW = 64
     GAP_LIMIT_MS = 1000.0  # a longer pause between steps is the engine waiting for work, not its cost
 
     def __init__(self, *args, **kwargs):
@@ -139,8 +151,14 @@ class TileSpecScheduler(Scheduler):
             self._policy.use_depth_cost()
         self._quiet_plans = 0                   # plans with drafts in a row that verified none (QUIET_PLANS)
         self._quiet_steps = 0                   # steps scheduled in the quiet spell (QUIET_DRAFT_EVERY)
+        self._yield = 1.0                       # prompt lookup: tokens per request per proposing step (QUIET_YIELD)
+        self._found = 1.0                       # ... and the share of requests it found a draft for (QUIET_FOUND)
+        self._low_yield_steps = 0               # steps scheduled in a row with the yield under QUIET_YIELD
+        self._proposing = False                 # the drafter proposes after the step being scheduled
+        self._drafts_proposed = False           # this step's drafts (if any) come from a proposal
         self._planned: list[tuple] = []        # (rid, raw scores, full proposal, class) of this step
         self._step_plan = None                  # the policy's plan of the step in flight
+        self._idle_step = False                 # the step in flight was counted, not planned (see _plan)
         self._pending = None                    # a step's outcome, learned off the critical path (_flush_learning)
         self._depth_question = None             # the last plan's depth what-if, answered off it (_answer_depth)
         self._t_step: float | None = None
@@ -188,6 +206,7 @@ class TileSpecScheduler(Scheduler):
         decode = [r for r in self.running if not r.is_prefill_chunk and r.num_computed_tokens >= r.num_prompt_tokens]
         rows = [r for r in decode if r.spec_token_ids]
         self._planned = []
+        self._idle_step = False
         if not decode:
             return
         fb = pol.fallback
@@ -195,6 +214,21 @@ class TileSpecScheduler(Scheduler):
             groups = {request_group(r) for r in decode}
             if pol.wake_for_groups({g: self._history.global_rate(g) for g in groups}):
                 logger.info("TileSpec: speculation probing: %s", fb.last_reason)
+        if not rows and (fb.state == SpecState.OFF or (fb.state == SpecState.ON and not self._model_drafter)):
+            # No draft in the step, speculation off (or on, over prompt lookup): the policy counts the step
+            # without planning and its outcome only moves the fallback's clock (update_from_output), which is
+            # all a plan of no drafts amounted to (test_policy checks the two paths agree). Most steps of open
+            # generation are such steps (prompt lookup finds nothing, or was told not to search), and they
+            # were paying for the whole planning and learning path (~0.1 ms of a ~10 ms step, cProfile
+            # in-process, 69M target, 1 request). Not in a probe, and not for a model drafter while on: its
+            # drafter timing and depth are learned with each plan. While off the step also extends the quiet
+            # spell (_proposal_depth): counting only plans with drafts kept prompt lookup searching on ~60%
+            # of open-generation steps.
+            pol.plan_idle()
+            self._idle_step = True
+            if fb.state == SpecState.OFF:
+                self._note_plan(False)
+            return
         # tokens each request may still generate after this step's sampled one; its drafts are capped by it
         room = np.array([max(0, min(r.max_tokens - r.num_output_tokens - 1, self.max_model_len - r.num_tokens - 1))
                          for r in rows], dtype=np.int64)
@@ -252,7 +286,9 @@ class TileSpecScheduler(Scheduler):
             # gets: draft only as deep as the policy is likely to verify. At 0 vLLM still runs the drafter's
             # first pass over the step's tokens, so its KV cache never goes stale.
             return min(requested, self._depth_rule.depth)
-        if self._quiet_plans >= self.QUIET_PLANS and fb.state != SpecState.PROBE:
+        low_yield = self._yield < self.QUIET_YIELD and self._found < self.QUIET_FOUND
+        self._low_yield_steps = self._low_yield_steps + 1 if low_yield else 0
+        if (self._quiet_plans >= self.QUIET_PLANS or low_yield) and fb.state != SpecState.PROBE:
             # The last QUIET_PLANS plans with drafts verified none (off for lack of gain, or on with every draft
             # judged not worth its cost: open generation at temperature 1). Plans on fresh drafts still tell
             # when speculation pays again, but they need not come every step: prompt lookup searches every
@@ -262,11 +298,25 @@ class TileSpecScheduler(Scheduler):
             # The longer the spell, the rarer the proposals: each costs a context search and a shadow plan
             # (in ``vllm serve`` at 1 request, 69M target: the proposer ~0.2 ms of a ~10 ms step), while
             # speculation coming back needs only resume_steps good shadow plans (at 1 in 16: ~64 steps).
-            every = min(self.QUIET_DRAFT_MAX_EVERY,
-                        self.QUIET_DRAFT_EVERY << max(0, self._quiet_plans // self.QUIET_PLANS - 1))
+            # Open generation at temperature 1 may stay ON with prompt lookup finding a draft on ~2% of steps and
+            # almost none accepted (in-process, 69M target, 1 request: drafts on 59 of 2,543 steps); the quiet
+            # plans never add up there, the yield does: ~0.01 tokens per proposing step, against a search of
+            # ~0.1 ms in a ~10 ms step. Code editing yields tens of times more and is never thinned by it.
+            # Drafts that are found often but rejected are not thinned by the yield: the fallback must see them
+            # at full rate to switch speculation off for lack of acceptance (which stops drafting altogether).
+            spell = max(self._quiet_plans // self.QUIET_PLANS - 1,
+                        self._low_yield_steps // self.YIELD_WINDOW if low_yield else 0, 0)
+            every = min(self.QUIET_DRAFT_MAX_EVERY, self.QUIET_DRAFT_EVERY << spell)
             self._quiet_steps += 1
             return requested if self._quiet_steps % every == 0 else 0
         return requested
+
+    def _note_yield(self, tokens: int, found: int, requests: int) -> None:
+        """A proposing step's yield (accepted drafts plus first drafts that would have been) and the requests
+        it found drafts for, over its scheduled requests (prompt lookup's proposal thinning, _proposal_depth)."""
+        if requests > 0 and self._drafts_proposed:
+            self._yield += (tokens / requests - self._yield) / self.YIELD_WINDOW
+            self._found += (found / requests - self._found) / self.YIELD_WINDOW
 
     def _note_plan(self, verified_any: bool) -> None:
         """Count plans with drafts in a row that verified none (the quiet spell of _proposal_depth)."""
@@ -300,6 +350,7 @@ class TileSpecScheduler(Scheduler):
                     self._unplanned[1] += len(toks)
                     self._inflight[rid] = (None, len(toks), [], None)
             out.num_spec_tokens_to_schedule = self._proposal_depth(out.num_spec_tokens_to_schedule)
+            self._drafts_proposed, self._proposing = self._proposing, out.num_spec_tokens_to_schedule > 0
             if self._model_drafter:
                 # the step time's drafter share
                 self._policy.note_depth(out.num_spec_tokens_to_schedule, plan=self._step_plan)
@@ -378,6 +429,33 @@ class TileSpecScheduler(Scheduler):
                 return
         self._depth_rule.next(want)
 
+    def _learn_idle(self, scheduler_output, model_runner_output) -> None:
+        """The outcome of a step planned idle (_plan): the fallback's clock, and vLLM's own drafts if it padded a
+        resumed request with some (counted as vLLM counts them). Inline and cheap: nothing to overlap."""
+        self._idle_step = False
+        self._t_step = None
+        pol = self._policy
+        try:
+            self._flush_learning()  # an older outcome first, if vLLM never called get_grammar_bitmask
+            if self._inflight:
+                self._outcomes(model_runner_output)
+                self._inflight = {}
+            self._note_yield(0, 0, len(scheduler_output.num_scheduled_tokens))
+            before = pol.fallback.transitions
+            pol.learn_idle()
+            if pol.fallback.transitions != before:
+                self._log_transition()
+            self._rt.maybe_save_calibration()
+            self._maybe_log()
+        except Exception:  # noqa: BLE001 - a policy bug must not stop serving
+            logger.exception("TileSpec: learning from the step failed; verifying every draft from now on")
+            self._policy = None
+
+    def _log_transition(self) -> None:
+        fb = self._policy.fallback
+        logger.info("TileSpec: speculation %s: %s", {SpecState.ON: "on", SpecState.OFF: "off",
+                                                     SpecState.PROBE: "probing"}[fb.state], fb.last_reason)
+
     def _flush_learning(self) -> None:
         """Learn from the pending step's outcome: calibration, fallback evidence, the step-time fit; persist
         the calibration when due and log periodically. A no-op when nothing is pending."""
@@ -400,9 +478,7 @@ class TileSpecScheduler(Scheduler):
             if plan is not None:
                 pol.observe_step_time(measured_ms, fit=fit, plan=plan)
             if pol.fallback.transitions != before:
-                fb = pol.fallback
-                logger.info("TileSpec: speculation %s: %s", {SpecState.ON: "on", SpecState.OFF: "off",
-                                                             SpecState.PROBE: "probing"}[fb.state], fb.last_reason)
+                self._log_transition()
             if self._drafted_probs is not None:
                 self._extrapolator.observe(self._drafted_probs)
                 self._drafted_probs = None
@@ -432,7 +508,9 @@ class TileSpecScheduler(Scheduler):
         return getattr(req, "num_stale_output_tokens", 0) > 0 and getattr(req, "drop_stale_output", False)
 
     def update_from_output(self, scheduler_output, model_runner_output):
-        if self._policy is not None and self._t_step is not None:
+        if self._policy is not None and self._idle_step:
+            self._learn_idle(scheduler_output, model_runner_output)
+        elif self._policy is not None and self._t_step is not None:
             # A step's cost to the engine is the whole cycle: from schedule() to the end of update_from_output,
             # plus what the engine does between two steps (draft hand-over, output processing, new requests),
             # which every step pays once whatever its K. Leaving the gap out made plans undervalue tokens per
@@ -440,6 +518,8 @@ class TileSpecScheduler(Scheduler):
             measured_ms = (time.perf_counter() - self._t_step) * 1000.0 + self._gap_ms
             try:
                 raw, k, acc, groups, shadow = self._outcomes(model_runner_output)
+                self._note_yield(int(acc.sum()) + sum(shadow[1]), raw.shape[0],
+                                 len(scheduler_output.num_scheduled_tokens))
                 debug = None
                 if _DEBUG:
                     sampled = model_runner_output.sampled_token_ids or []

@@ -152,3 +152,25 @@ def test_greedy_requests_arriving_after_sampled_traffic_switched_it_off_probe_at
         pol.learn(raw, plan.k, np.zeros(8, np.int64), greedy)
     assert pol.fallback.state == SpecState.OFF
     assert not pol.wake_for_groups({0: 0.6})
+
+
+def test_an_idle_step_while_off_counts_and_ticks_the_fallback_like_a_planned_one(h100_model):
+    """plan_idle/learn_idle (a step with no draft while OFF, the vLLM adapter's cheap path) leave the same
+    counters and the same fallback states, step by step, as plan/learn of a step with no drafts."""
+    cfg = FallbackConfig(probe_interval_steps=5, probe_max_steps=3, min_dwell_steps=1)
+    planned = TileSpecPolicy(h100_model, 4, fallback=cfg)
+    idle = TileSpecPolicy(h100_model, 4, fallback=cfg)
+    for pol in (planned, idle):
+        pol.fallback._go(SpecState.OFF, "test", off_for_gain=True)
+    states = {id(planned): [], id(idle): []}
+    for _ in range(12):
+        planned.plan(np.zeros((0, 4)))
+        planned.learn(np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        idle.plan_idle()
+        idle.learn_idle()
+        for pol in (planned, idle):
+            states[id(pol)].append((pol.fallback.state, pol.fallback.steps_in_state))
+    assert states[id(planned)] == states[id(idle)]
+    assert SpecState.PROBE in [s for s, _ in states[id(idle)]]  # the probe clock ran
+    a, b = planned.take_stats().to_dict(), idle.take_stats().to_dict()
+    assert a == b and a["steps"] == 12 and a["steps_spec_off"] == 12

@@ -15,7 +15,8 @@ def _scheduler(model_drafter=False, depth=8):
     s._policy = types.SimpleNamespace(fallback=FallbackController(FallbackConfig()))
     s._model_drafter = model_drafter
     s._depth_rule = ProposalDepth(depth, probe_every=0)  # starts at its K_max: ``depth``
-    s._quiet_plans = s._quiet_steps = 0
+    s._quiet_plans = s._quiet_steps = s._low_yield_steps = 0
+    s._yield, s._found, s._drafts_proposed = 1.0, 1.0, True
     return s
 
 
@@ -74,3 +75,49 @@ def test_a_long_quiet_spell_proposes_ever_more_rarely_down_to_one_step_in_sixtee
     assert depths.count(8) == 64 // T.QUIET_DRAFT_MAX_EVERY
     s._note_plan(True)
     assert [s._proposal_depth(8) for _ in range(5)] == [8] * 5
+
+
+def test_proposals_that_yield_almost_nothing_thin_out_even_while_speculation_stays_on():
+    """Open generation at temperature 1 can stay ON with prompt lookup finding a draft on ~2% of steps, so the
+    quiet plans never add up; a yield under QUIET_YIELD tokens per request and proposing step thins the
+    search the same way, ever more rarely, and one fruitful proposal brings every step back."""
+    T = TileSpecScheduler
+    s = _scheduler()
+    for _ in range(400):  # 400 proposing steps of 4 requests with no draft found
+        s._note_yield(0, 0, 4)
+    assert s._yield < T.QUIET_YIELD
+    assert s._policy.fallback.state == SpecState.ON
+    depths = [s._proposal_depth(8) for _ in range(T.YIELD_WINDOW)]
+    assert depths.count(8) == T.YIELD_WINDOW // T.QUIET_DRAFT_EVERY
+    depths = [s._proposal_depth(8) for _ in range(T.YIELD_WINDOW * 8)][-64:]
+    assert depths.count(8) == 64 // T.QUIET_DRAFT_MAX_EVERY
+    s._note_yield(8, 1, 1)  # one request accepted 8 drafts: code editing
+    assert s._yield >= T.QUIET_YIELD
+    assert [s._proposal_depth(8) for _ in range(5)] == [8] * 5
+
+
+def test_code_editing_yield_never_thins_the_search():
+    """A request accepting a few drafts every few steps keeps prompt lookup searching on every step, however
+    long the gaps without a draft in between (the gaps count only for steps that proposed)."""
+    s = _scheduler()
+    for step in range(2000):
+        s._note_yield(4 if step % 8 == 0 else 0, int(step % 8 == 0), 1)
+        assert s._proposal_depth(8) == 8
+
+
+def test_steps_without_a_proposal_do_not_count_toward_the_yield():
+    s = _scheduler()
+    s._drafts_proposed = False
+    for _ in range(1000):
+        s._note_yield(0, 0, 4)
+    assert s._yield == 1.0
+
+
+def test_drafts_found_often_but_rejected_are_left_to_the_fallback():
+    """Drafts found for most requests and rejected yield nothing, but thinning them would starve the
+    fallback's acceptance window (it switches speculation off for lack of acceptance, drafting nothing)."""
+    s = _scheduler()
+    for _ in range(400):
+        s._note_yield(0, 3, 4)
+    assert s._yield < TileSpecScheduler.QUIET_YIELD
+    assert [s._proposal_depth(8) for _ in range(20)] == [8] * 20
