@@ -228,6 +228,8 @@ class TileSpecScheduler(Scheduler):
             self._idle_step = True
             if fb.state == SpecState.OFF:
                 self._note_plan(False)
+            if self._model_drafter:
+                self._depth_question = 0  # the depth rule's clock (its probes) moves as after a plan of nothing
             return
         # tokens each request may still generate after this step's sampled one; its drafts are capped by it
         room = np.array([max(0, min(r.max_tokens - r.num_output_tokens - 1, self.max_model_len - r.num_tokens - 1))
