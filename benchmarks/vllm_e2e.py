@@ -3,6 +3,7 @@
 
     python benchmarks/vllm_e2e.py                       # full run (~20 min on 2 CPU cores)
     python benchmarks/vllm_e2e.py --quick               # what `make demo` runs (~5 min)
+    python benchmarks/vllm_e2e.py --control --arms no_spec,tilespec   # A/A: the harness's own bias
 
 Each arm is a fresh `vllm serve` of the same model (default: the project's benchmark target, built by
 `specdec tiny-model --wide`), started by this script on loopback and stopped at the end. Arms:
@@ -19,6 +20,13 @@ in alternation with it (ABBA), so each comparison is made in the same time windo
 speed drifts by 10-20% over minutes); tilespec's ratio to an arm uses its paired trials. Reported: output tokens/s (all output tokens / trial wall time), TPOT and TTFT
 medians over requests (TPOT from the server's token counts, not stream chunks), acceptance length
 1 + accepted/drafts from vLLM's own counters over the trial's window. JSON + PNG + table.
+
+`--control` runs the same design with the always-up server started *without* speculation (it keeps the
+name "tilespec" in the tables): every ratio it reports should be 1, and what it reports instead is the
+harness's own bias between a server that stays up and one started for the pair. Measured here
+(2026-12-04, 10 pairs each, open_gen, 69M target): 0.953 [0.926, 0.981] at c=1 and 0.990 [0.950, 1.032] at
+c=4, and at c=4 0.925 [0.888, 0.963] and 1.057 [0.84, 1.34] in two 4-6 pair runs: a few percent either way,
+the size of what a K=0 comparison is trying to resolve.
 """
 
 from __future__ import annotations
@@ -45,6 +53,15 @@ BASELINE_ENV = {"NUMBA_NUM_THREADS": "1", "NUMBA_THREADING_LAYER": "workqueue"}
 # vLLM's dynamic schedule for a model drafter (K by batch size): deep drafts when the batch is small, shallow
 # when it is large, within K_max=7 (the largest static arm).
 DYNAMIC_SCHEDULE_EAGLE3 = [[1, 1, 7], [2, 4, 5], [5, 8, 3], [9, 1024, 1]]
+
+
+def run_configs(cache_dir: Path, drafter: str = "ngram", draft_model: str | None = None,
+                control: bool = False) -> dict[str, dict | None]:
+    """The arms' configs for a run; with ``control`` (A/A) the always-up 'tilespec' slot runs without speculation."""
+    configs = arm_configs(cache_dir, drafter, draft_model)
+    if control:
+        configs["tilespec"] = None
+    return configs
 
 
 def arm_configs(cache_dir: Path, drafter: str = "ngram", draft_model: str | None = None) -> dict[str, dict | None]:
@@ -89,6 +106,9 @@ def parse_args(argv=None):
     p.add_argument("--requests", type=int, default=None, help="requests per trial (default 4 x concurrency, >= 8)")
     p.add_argument("--out", default="benchmarks/results/vllm_e2e", help="output folder")
     p.add_argument("--replot", metavar="JSON", help="only redraw the PNG of a saved vllm_e2e.json and exit")
+    p.add_argument("--control", action="store_true",
+                   help="A/A control: the always-up server (the 'tilespec' slot) runs without speculation, so each "
+                        "ratio shows the harness's own bias (expected 1)")
     p.add_argument("--quick", action="store_true",
                    help="short run: arms no_spec,ngram_k4,tilespec; concurrency 1,4; 2 trials")
     return p.parse_args(argv)
@@ -464,7 +484,10 @@ def main(argv=None) -> int:
     if args.arms is None:
         args.arms = ",".join(arm_configs(out / "cache", args.drafter, draft_model or "-"))
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    configs = arm_configs(out / "cache", args.drafter, draft_model)
+    configs = run_configs(out / "cache", args.drafter, draft_model, control=args.control)
+    if args.control:
+        print("vllm_e2e: A/A control: the always-up server ('tilespec' in the tables) runs without speculation; "
+              "its ratios show the harness's own bias", file=sys.stderr)
     unknown = [a for a in arms if a not in configs]
     if unknown:
         print(f"vllm_e2e: error: unknown arm(s) {unknown}; choose from {', '.join(configs)}", file=sys.stderr)
@@ -492,7 +515,7 @@ def main(argv=None) -> int:
         "concurrency": concurrencies, "trials": args.trials,
         "requests_per_trial": args.requests or "4 x concurrency, >= 8",
         "workloads": {k: {"temperature": v.temperature, "description": v.description} for k, v in wls.items()},
-        "arms": {a: configs[a] for a in arms}, "servers": servers, "seconds": round(time.time() - t0, 1),
+        "arms": {a: configs[a] for a in arms}, "control": bool(args.control), "servers": servers, "seconds": round(time.time() - t0, 1),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(), "host": platform.node(),
     }
     (out / "vllm_e2e.json").write_text(json.dumps({"context": context, "summary": summary, "results": rows},

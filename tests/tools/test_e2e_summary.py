@@ -58,3 +58,15 @@ def test_replot_redraws_the_png_of_a_saved_run(tmp_path):
     saved.write_text(json.dumps({"context": context, "summary": summary, "results": rows}))
     png = E.replot(saved)
     assert png == tmp_path / "vllm_e2e.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_control_run_puts_a_server_without_speculation_in_the_always_up_slot(tmp_path):
+    """--control (A/A): the same paired design, with the always-up 'tilespec' slot running no speculation, so its
+    ratios measure the harness itself; the other arms are unchanged."""
+    E = _e2e()
+    normal = E.run_configs(tmp_path, "ngram")
+    control = E.run_configs(tmp_path, "ngram", control=True)
+    assert normal["tilespec"]["method"] == "tilespec"
+    assert control["tilespec"] is None
+    assert {k: v for k, v in control.items() if k != "tilespec"} == {k: v for k, v in normal.items() if k != "tilespec"}
+    assert E.parse_args(["--control"]).control and not E.parse_args([]).control
