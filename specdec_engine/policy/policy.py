@@ -542,11 +542,12 @@ class TileSpecPolicy:
                                     if self._learned - at < self.EVIDENCE_PLANS}
 
     def plan_idle(self) -> None:
-        """A step with decode requests but no drafts while speculation is OFF, counted without a plan.
+        """A step with decode requests but no drafts, counted without a plan.
 
         What :meth:`plan` does for such a step (nothing to verify, no evidence, no prediction to time), minus
-        its work: an engine that switched speculation off runs this on nearly every step (open generation:
-        prompt lookup finds nothing on most steps), so it must cost next to nothing. Pair it with
+        its work: on open generation nearly every step is one (prompt lookup finds nothing, or was told not to
+        search), so it must cost next to nothing. The vLLM adapter uses it while speculation is OFF, and while
+        ON over prompt lookup (a model drafter's plans also carry its depth and timing). Pair it with
         :meth:`learn_idle` when the step is done."""
         self.stats.steps += 1
         self.stats.steps_spec_off += 1

@@ -24,8 +24,8 @@ tilespec engines with prompt-lookup drafters, three wrappers remove most of it:
    it with K=0; measured in-process at 4 requests: 0.27 ms of a 14.5 ms step).
 
 4. ``GPUModelRunner.sample_tokens`` again (worker): a step that verifies no
-   draft *and* proposes none (the scheduler's quiet spell while speculation
-   is off) samples with ``speculative_config`` cleared for the whole call,
+   draft *and* proposes none (prompt lookup thinned by the scheduler: a
+   quiet spell, or proposals that yield almost nothing) samples with ``speculative_config`` cleared for the whole call,
    exactly as an engine without speculation does: no drafter bookkeeping, no
    empty draft lists built, shipped and applied per request. vLLM's
    deferred KV-connector finalisation is the one thing that path would skip,
