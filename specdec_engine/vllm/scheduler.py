@@ -112,10 +112,10 @@ class TileSpecScheduler(Scheduler):
     QUIET_PLANS = 16      # prompt lookup: after this many plans in a row verified no draft ...
     QUIET_DRAFT_EVERY = 4  # ... propose on one step in this many, until a plan verifies a draft again;
     QUIET_DRAFT_MAX_EVERY = 16  # ... twice as rarely after each further QUIET_PLANS quiet plans, down to this
-    # prompt lookup: the same thinning while its proposals yield under QUIET_YIELD tokens (accepted drafts plus
-    # first drafts that would have been accepted) per request and proposing step and find a draft for under
-    # QUIET_FOUND of the requests, each averaged over ~YIELD_WINDOW proposing steps; twice as rarely after each
-    # further YIELD_WINDOW steps of it (see _proposal_depth)
+    # prompt lookup: the same thinning while, for every request group running, its proposals yield under
+    # QUIET_YIELD tokens (accepted drafts plus first drafts that would have been accepted) per request and
+    # proposing step and find a draft for under QUIET_FOUND of the requests, each averaged over ~YIELD_WINDOW
+    # proposing steps; twice as rarely after each further YIELD_WINDOW steps of it (see _proposal_depth)
     QUIET_YIELD = 0.02
     QUIET_FOUND = 0.1
     YIELD_WINDOW = 64
@@ -151,8 +151,10 @@ class TileSpecScheduler(Scheduler):
             self._policy.use_depth_cost()
         self._quiet_plans = 0                   # plans with drafts in a row that verified none (QUIET_PLANS)
         self._quiet_steps = 0                   # steps scheduled in the quiet spell (QUIET_DRAFT_EVERY)
-        self._yield = 1.0                       # prompt lookup: tokens per request per proposing step (QUIET_YIELD)
-        self._found = 1.0                       # ... and the share of requests it found a draft for (QUIET_FOUND)
+        self._yields: dict[int, list] = {}      # request group -> [tokens per request per proposing step
+                                                #   (QUIET_YIELD), share of requests with a draft (QUIET_FOUND)]
+        self._group_of: dict[str, int] = {}     # rid -> request_group, computed once per request
+        self._step_groups: dict[int, int] = {}  # request group -> decode requests in the step being scheduled
         self._low_yield_steps = 0               # steps scheduled in a row with the yield under QUIET_YIELD
         self._proposing = False                 # the drafter proposes after the step being scheduled
         self._drafts_proposed = False           # this step's drafts (if any) come from a proposal
@@ -207,6 +209,13 @@ class TileSpecScheduler(Scheduler):
         rows = [r for r in decode if r.spec_token_ids]
         self._planned = []
         self._idle_step = False
+        gof, counts = self._group_of, {}
+        for r in decode:
+            g = gof.get(r.request_id)
+            if g is None:
+                g = gof[r.request_id] = request_group(r)
+            counts[g] = counts.get(g, 0) + 1
+        self._step_groups = counts
         if not decode:
             return
         fb = pol.fallback
@@ -236,7 +245,7 @@ class TileSpecScheduler(Scheduler):
                          for r in rows], dtype=np.int64)
         n_avail = np.minimum(np.array([len(r.spec_token_ids) for r in rows], dtype=np.int64), room)
         ids = [r.request_id for r in rows]
-        classes = [request_group(r) for r in rows]
+        classes = [gof[r.request_id] for r in rows]
         K = self._k_max
         conf = self._draft_conf
         if conf and all(rid in conf for rid in ids):
@@ -288,7 +297,7 @@ class TileSpecScheduler(Scheduler):
             # gets: draft only as deep as the policy is likely to verify. At 0 vLLM still runs the drafter's
             # first pass over the step's tokens, so its KV cache never goes stale.
             return min(requested, self._depth_rule.depth)
-        low_yield = self._yield < self.QUIET_YIELD and self._found < self.QUIET_FOUND
+        low_yield = self._low_yield()
         self._low_yield_steps = self._low_yield_steps + 1 if low_yield else 0
         if (self._quiet_plans >= self.QUIET_PLANS or low_yield) and fb.state != SpecState.PROBE:
             # The last QUIET_PLANS plans with drafts verified none (off for lack of gain, or on with every draft
@@ -313,12 +322,33 @@ class TileSpecScheduler(Scheduler):
             return requested if self._quiet_steps % every == 0 else 0
         return requested
 
-    def _note_yield(self, tokens: int, found: int, requests: int) -> None:
+    def _low_yield(self) -> bool:
+        """Every request group running now has proposals yielding under QUIET_YIELD and finding drafts for under
+        QUIET_FOUND of its requests. Per group, as the fallback's wake_for_groups: temperature-1 traffic yields
+        ~nothing from prompt lookup, and greedy code editing arriving after it must not wait for a thinned
+        search to find its first drafts: at one search in 16 steps, with drafts found on ~20% of code-editing
+        steps (in-process, 1 request: 99 of 460), the first fruitful search would come after ~80 steps, most of
+        a 64-token request."""
+        if not self._step_groups:
+            return False
+        ys = self._yields
+        for g in self._step_groups:
+            y = ys.get(g)
+            if y is None or y[0] >= self.QUIET_YIELD or y[1] >= self.QUIET_FOUND:
+                return False
+        return True
+
+    def _note_yield(self, tokens: dict, found: dict) -> None:
         """A proposing step's yield (accepted drafts plus first drafts that would have been) and the requests
-        it found drafts for, over its scheduled requests (prompt lookup's proposal thinning, _proposal_depth)."""
-        if requests > 0 and self._drafts_proposed:
-            self._yield += (tokens / requests - self._yield) / self.YIELD_WINDOW
-            self._found += (found / requests - self._found) / self.YIELD_WINDOW
+        it found drafts for, per request group, over the group's decode requests in the step (prompt lookup's
+        proposal thinning, _proposal_depth)."""
+        if not self._drafts_proposed:
+            return
+        w = self.YIELD_WINDOW
+        for g, n in self._step_groups.items():
+            y = self._yields.setdefault(g, [1.0, 1.0])
+            y[0] += (tokens.get(g, 0) / n - y[0]) / w
+            y[1] += (found.get(g, 0) / n - y[1]) / w
 
     def _note_plan(self, verified_any: bool) -> None:
         """Count plans with drafts in a row that verified none (the quiet spell of _proposal_depth)."""
@@ -442,7 +472,7 @@ class TileSpecScheduler(Scheduler):
             if self._inflight:
                 self._outcomes(model_runner_output)
                 self._inflight = {}
-            self._note_yield(0, 0, len(scheduler_output.num_scheduled_tokens))
+            self._note_yield({}, {})
             before = pol.fallback.transitions
             pol.learn_idle()
             if pol.fallback.transitions != before:
@@ -520,8 +550,13 @@ class TileSpecScheduler(Scheduler):
             measured_ms = (time.perf_counter() - self._t_step) * 1000.0 + self._gap_ms
             try:
                 raw, k, acc, groups, shadow = self._outcomes(model_runner_output)
-                self._note_yield(int(acc.sum()) + sum(shadow[1]), raw.shape[0],
-                                 len(scheduler_output.num_scheduled_tokens))
+                tokens, found = {}, {}
+                for g, a in zip(groups.tolist(), acc.tolist()):
+                    tokens[g] = tokens.get(g, 0) + a
+                    found[g] = found.get(g, 0) + 1
+                for g, hit in zip(shadow[2], shadow[1]):
+                    tokens[g] = tokens.get(g, 0) + hit
+                self._note_yield(tokens, found)
                 debug = None
                 if _DEBUG:
                     sampled = model_runner_output.sampled_token_ids or []
@@ -599,6 +634,7 @@ class TileSpecScheduler(Scheduler):
 
     def _free_request(self, request, *args, **kwargs):
         self._history.forget(request.request_id)
+        self._group_of.pop(request.request_id, None)
         return super()._free_request(request, *args, **kwargs)
 
     def shutdown(self) -> None:

@@ -16,7 +16,7 @@ def _scheduler(model_drafter=False, depth=8):
     s._model_drafter = model_drafter
     s._depth_rule = ProposalDepth(depth, probe_every=0)  # starts at its K_max: ``depth``
     s._quiet_plans = s._quiet_steps = s._low_yield_steps = 0
-    s._yield, s._found, s._drafts_proposed = 1.0, 1.0, True
+    s._yields, s._step_groups, s._drafts_proposed = {}, {0: 1}, True
     return s
 
 
@@ -83,16 +83,17 @@ def test_proposals_that_yield_almost_nothing_thin_out_even_while_speculation_sta
     search the same way, ever more rarely, and one fruitful proposal brings every step back."""
     T = TileSpecScheduler
     s = _scheduler()
-    for _ in range(400):  # 400 proposing steps of 4 requests with no draft found
-        s._note_yield(0, 0, 4)
-    assert s._yield < T.QUIET_YIELD
+    s._step_groups = {2: 4}  # 4 requests at temperature 1
+    for _ in range(400):  # 400 proposing steps with no draft found
+        s._note_yield({}, {})
+    assert s._low_yield()
     assert s._policy.fallback.state == SpecState.ON
     depths = [s._proposal_depth(8) for _ in range(T.YIELD_WINDOW)]
     assert depths.count(8) == T.YIELD_WINDOW // T.QUIET_DRAFT_EVERY
     depths = [s._proposal_depth(8) for _ in range(T.YIELD_WINDOW * 8)][-64:]
     assert depths.count(8) == 64 // T.QUIET_DRAFT_MAX_EVERY
-    s._note_yield(8, 1, 1)  # one request accepted 8 drafts: code editing
-    assert s._yield >= T.QUIET_YIELD
+    s._note_yield({2: 8}, {2: 1})  # one request accepted 8 drafts
+    assert not s._low_yield()
     assert [s._proposal_depth(8) for _ in range(5)] == [8] * 5
 
 
@@ -101,7 +102,7 @@ def test_code_editing_yield_never_thins_the_search():
     long the gaps without a draft in between (the gaps count only for steps that proposed)."""
     s = _scheduler()
     for step in range(2000):
-        s._note_yield(4 if step % 8 == 0 else 0, int(step % 8 == 0), 1)
+        s._note_yield({0: 4} if step % 8 == 0 else {}, {0: 1} if step % 8 == 0 else {})
         assert s._proposal_depth(8) == 8
 
 
@@ -109,15 +110,28 @@ def test_steps_without_a_proposal_do_not_count_toward_the_yield():
     s = _scheduler()
     s._drafts_proposed = False
     for _ in range(1000):
-        s._note_yield(0, 0, 4)
-    assert s._yield == 1.0
+        s._note_yield({}, {})
+    assert s._yields == {} and not s._low_yield()
 
 
 def test_drafts_found_often_but_rejected_are_left_to_the_fallback():
     """Drafts found for most requests and rejected yield nothing, but thinning them would starve the
     fallback's acceptance window (it switches speculation off for lack of acceptance, drafting nothing)."""
     s = _scheduler()
+    s._step_groups = {2: 4}
     for _ in range(400):
-        s._note_yield(0, 3, 4)
-    assert s._yield < TileSpecScheduler.QUIET_YIELD
+        s._note_yield({}, {2: 3})
+    assert s._yields[2][0] < TileSpecScheduler.QUIET_YIELD and not s._low_yield()
     assert [s._proposal_depth(8) for _ in range(20)] == [8] * 20
+
+
+def test_greedy_requests_arriving_after_sampled_traffic_thinned_the_search_propose_every_step():
+    """The yield is kept per request group: temperature-1 requests that yielded nothing thin the search, and the
+    step greedy requests (whose group yielded well, or has no record yet) join, prompt lookup searches again."""
+    s = _scheduler()
+    s._step_groups = {2: 4}
+    for _ in range(400):
+        s._note_yield({}, {})
+    assert s._proposal_depth(8) == 0 or [s._proposal_depth(8) for _ in range(8)].count(0) >= 6
+    s._step_groups = {2: 3, 0: 1}  # a greedy request joins
+    assert [s._proposal_depth(8) for _ in range(5)] == [8] * 5
