@@ -338,6 +338,18 @@ class TileSpecScheduler(Scheduler):
                 return False
         return True
 
+    @staticmethod
+    def _yield_by_group(groups, acc, shadow) -> tuple[dict, dict]:
+        """(tokens, requests with drafts) per request group of a step's outcome (_outcomes): accepted drafts
+        plus the shadow hits of unverified first drafts, for _note_yield."""
+        tokens, found = {}, {}
+        for g, a in zip(groups.tolist(), acc.tolist()):
+            tokens[g] = tokens.get(g, 0) + a
+            found[g] = found.get(g, 0) + 1
+        for g, hit in zip(shadow[2], shadow[1]):
+            tokens[g] = tokens.get(g, 0) + hit
+        return tokens, found
+
     def _note_yield(self, tokens: dict, found: dict) -> None:
         """A proposing step's yield (accepted drafts plus first drafts that would have been) and the requests
         it found drafts for, per request group, over the group's decode requests in the step (prompt lookup's
@@ -472,7 +484,8 @@ class TileSpecScheduler(Scheduler):
             if self._inflight:
                 self._outcomes(model_runner_output)
                 self._inflight = {}
-            self._note_yield({}, {})
+            if not self._model_drafter:
+                self._note_yield({}, {})
             before = pol.fallback.transitions
             pol.learn_idle()
             if pol.fallback.transitions != before:
@@ -550,13 +563,8 @@ class TileSpecScheduler(Scheduler):
             measured_ms = (time.perf_counter() - self._t_step) * 1000.0 + self._gap_ms
             try:
                 raw, k, acc, groups, shadow = self._outcomes(model_runner_output)
-                tokens, found = {}, {}
-                for g, a in zip(groups.tolist(), acc.tolist()):
-                    tokens[g] = tokens.get(g, 0) + a
-                    found[g] = found.get(g, 0) + 1
-                for g, hit in zip(shadow[2], shadow[1]):
-                    tokens[g] = tokens.get(g, 0) + hit
-                self._note_yield(tokens, found)
+                if self._drafts_proposed and not self._model_drafter:  # prompt lookup's thinning only
+                    self._note_yield(*self._yield_by_group(groups, acc, shadow))
                 debug = None
                 if _DEBUG:
                     sampled = model_runner_output.sampled_token_ids or []
