@@ -24,9 +24,9 @@ medians over requests (TPOT from the server's token counts, not stream chunks), 
 `--control` runs the same design with the always-up server started *without* speculation (it keeps the
 name "tilespec" in the tables): every ratio it reports should be 1, and what it reports instead is the
 harness's own bias between a server that stays up and one started for the pair. Measured here
-(2026-12-04, 10 pairs each, open_gen, 69M target): 0.953 [0.926, 0.981] at c=1 and 0.990 [0.950, 1.032] at
-c=4, and at c=4 0.925 [0.888, 0.963] and 1.057 [0.84, 1.34] in two 4-6 pair runs: a few percent either way,
-the size of what a K=0 comparison is trying to resolve.
+(2026-12-04, open_gen, 69M target, two 10-pair runs): 0.953 [0.926, 0.981] and 0.915 [0.883, 0.949] at c=1,
+0.990 [0.950, 1.032] and 0.998 [0.938, 1.061] at c=4 (and 0.925 / 1.057 in two 4-6 pair runs at c=4): at 1
+request the always-up server ran 5-9% slower, the size of what a K=0 comparison is trying to resolve.
 """
 
 from __future__ import annotations
