@@ -26,6 +26,9 @@ def _add_tiny_model(sub) -> None:
     p.add_argument("--eagle3", action="store_true",
                    help="also build the tiny target's EAGLE-3 head (LlamaForCausalLMEagle3, loadable by vLLM as "
                         "{\"method\": \"eagle3\", \"model\": DIR}); print its folder last")
+    p.add_argument("--eagle", action="store_true",
+                   help="also build the tiny target's EAGLE-1 head (EagleLlamaForCausalLM, loadable by vLLM as "
+                        "{\"method\": \"eagle\", \"model\": DIR}); print its folder last")
     p.add_argument("--force", action="store_true", help="rebuild even if a verified build exists")
 
     def run(args) -> int:

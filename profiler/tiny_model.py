@@ -362,6 +362,11 @@ def main(args) -> int:
         from .eagle3.tiny import build_eagle3
 
         eagle3 = build_eagle3(res.target, force=args.force, log=log)
+    eagle1 = None
+    if getattr(args, "eagle", False):
+        from .eagle3.tiny import build_eagle3
+
+        eagle1 = build_eagle3(res.target, force=args.force, log=log, kind="eagle")
     print(f"target: {res.target}")
     if res.draft is not None:
         print(f"draft: {res.draft}")
@@ -369,5 +374,7 @@ def main(args) -> int:
         print(f"wide: {wide}")
     if eagle3 is not None:
         print(f"eagle3: {eagle3}")
-    print(eagle3 or wide or res.draft or res.target)
+    if eagle1 is not None:
+        print(f"eagle: {eagle1}")
+    print(eagle1 or eagle3 or wide or res.draft or res.target)
     return 0

@@ -48,3 +48,14 @@ def tiny_eagle3(tiny_models) -> Path:
     lines = dict(x.split(": ", 1) for x in out.stdout.strip().splitlines()[:-1])
     assert Path(lines["target"]) == tiny_models[0]
     return Path(lines["eagle3"])
+
+
+@pytest.fixture(scope="session")
+def tiny_eagle(tiny_models) -> Path:
+    """The tiny target's EAGLE-1 head, built by `specdec tiny-model --eagle` (a few minutes once, then reused)."""
+    out = subprocess.run([sys.executable, "-m", "specdec_profiler.cli", "tiny-model", "--eagle"],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(x.split(": ", 1) for x in out.stdout.strip().splitlines()[:-1])
+    assert Path(lines["target"]) == tiny_models[0]
+    return Path(lines["eagle"])

@@ -13,6 +13,8 @@ is the residual stream (hidden + residual) after ``i`` decoder layers, before
 the final norm; id 0 is the embeddings. In transformers' ``hidden_states``
 tuple, entry ``i`` is the same thing for ``i < L``; entry ``L`` is *after* the
 final norm, so id ``L`` is taken with a forward hook on the last layer.
+``TARGET_OUTPUT`` (-1) is the target's output hidden state, after the final
+norm: what vLLM hands an EAGLE-1 (``eagle``) head instead of aux layers.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 from ..errors import UsageError
 
+TARGET_OUTPUT = -1  # layer id of the target's output hidden state (after the final norm): EAGLE-1's feature
 PROBE_TOLERANCE = 1e-3  # max |logit diff| in float32; a wrong layer is off by whole units
 
 
@@ -105,7 +108,8 @@ def capture(model, input_ids: torch.Tensor, layer_ids: tuple[int, ...]) -> Captu
         h.remove()
     hs = out.hidden_states
     final = _stream(hs, box["final"], num_layers, num_layers)
-    aux = torch.cat([_stream(hs, box["final"], i, num_layers) for i in layer_ids], dim=-1)
+    aux = torch.cat([model.model.norm(box["final"]) if i == TARGET_OUTPUT else _stream(hs, box["final"], i, num_layers)
+                     for i in layer_ids], dim=-1)
     return Captured(aux=aux, final=final, logits=out.logits.float())
 
 
@@ -115,6 +119,10 @@ def probe(model, input_ids: torch.Tensor, layer_ids: tuple[int, ...], tol: float
     cap = capture(model, input_ids, layer_ids)
     recon = model.lm_head(model.model.norm(cap.final)).float()
     diff = (recon - cap.logits).abs().max().item()
+    if TARGET_OUTPUT in layer_ids:  # EAGLE-1's feature must be exactly what the target's lm_head reads
+        i = layer_ids.index(TARGET_OUTPUT)
+        h = model.config.hidden_size
+        diff = max(diff, (model.lm_head(cap.aux[..., i * h:(i + 1) * h]).float() - cap.logits).abs().max().item())
     agree = (recon.argmax(-1) == cap.logits.argmax(-1)).float().mean().item()
     n_aux = len(layer_ids)
     h = model.config.hidden_size

@@ -15,6 +15,11 @@ The folder holds:
 - ``training_log.json`` and ``specdec_eagle3.json`` (our manifest: target,
   fingerprint, sha256 of every file).
 
+An EAGLE-1 head (``kind: "eagle"``, ``eagle1.py``) is exported the same way
+with ``architectures: ["EagleLlamaForCausalLM"]``, the tensors of
+``eagle1.CHECKPOINT_KEYS`` (no embedding, no lm_head: vLLM shares the
+target's), served as ``{"method": "eagle", "model": DIR}``.
+
 No tokenizer: vLLM takes the draft's tokenizer from the target for eagle3
 (``SpeculativeConfig`` builds the draft ``ModelConfig`` with the target's
 tokenizer), and the head's vocabulary is the target's by construction.
@@ -33,6 +38,8 @@ MANIFEST = "specdec_eagle3.json"
 
 
 def hf_config(c: HeadConfig, target_cfg) -> dict:
+    """The head's config.json; an EAGLE-1 head (``c.kind == "eagle"``) is a one-layer Llama named
+    ``EagleLlamaForCausalLM`` (vLLM keeps an ``Eagle`` prefix when it wraps it in its EAGLEConfig)."""
     from transformers import LlamaConfig
 
     cfg = LlamaConfig(
@@ -42,6 +49,12 @@ def hf_config(c: HeadConfig, target_cfg) -> dict:
         tie_word_embeddings=False, bos_token_id=getattr(target_cfg, "bos_token_id", None),
         eos_token_id=getattr(target_cfg, "eos_token_id", None), pad_token_id=getattr(target_cfg, "pad_token_id", None),
     ).to_dict()
+    if c.kind == "eagle":
+        from .eagle1 import ARCHITECTURE
+
+        cfg.update({"architectures": [ARCHITECTURE], "model_type": "llama", "dtype": "float32"})
+        cfg.pop("torch_dtype", None)
+        return cfg
     cfg.update({
         "architectures": ["LlamaForCausalLMEagle3"],
         "model_type": "llama",
@@ -60,13 +73,13 @@ def file_hashes(d: Path) -> dict[str, str]:
     return _file_hashes(d, MANIFEST)
 
 
-def export(head: Eagle3Head, target_cfg, out: Path, record: dict | None = None, manifest: dict | None = None) -> Path:
+def export(head, target_cfg, out: Path, record: dict | None = None, manifest: dict | None = None) -> Path:
     from safetensors.torch import save_file
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = head.export_state()
-    assert tuple(state) == CHECKPOINT_KEYS
+    assert tuple(state) == _checkpoint_keys(head.c)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf_config(head.c, target_cfg), indent=2) + "\n")
     if record is not None:
@@ -77,18 +90,35 @@ def export(head: Eagle3Head, target_cfg, out: Path, record: dict | None = None, 
     return out
 
 
-def load_head(folder: Path, embed_weight: torch.Tensor | None = None) -> Eagle3Head:
-    """Read an exported head back (tests; continuing from an export)."""
+def _checkpoint_keys(c: HeadConfig) -> tuple[str, ...]:
+    if c.kind == "eagle":
+        from .eagle1 import CHECKPOINT_KEYS as EAGLE1_KEYS
+
+        return EAGLE1_KEYS
+    return CHECKPOINT_KEYS
+
+
+def load_head(folder: Path, embed_weight: torch.Tensor | None = None, lm_head_weight: torch.Tensor | None = None):
+    """Read an exported head back (tests; continuing from an export). An EAGLE-1 head takes the target's
+    ``lm_head_weight`` too (it has none of its own)."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
     man = json.loads((folder / MANIFEST).read_text())
-    head = Eagle3Head(HeadConfig.from_dict(man["head"]), embed_weight)
+    c = HeadConfig.from_dict(man["head"])
+    if c.kind == "eagle":
+        from .eagle1 import Eagle1Head
+
+        head = Eagle1Head(c, embed_weight, lm_head_weight)
+    else:
+        head = Eagle3Head(c, embed_weight)
     state = load_file(str(folder / "model.safetensors"))
     missing = head.load_state_dict(state, strict=False)
-    bad = [k for k in missing.missing_keys if k not in ("embed_tokens.weight", "draft_ids")]
+    bad = [k for k in missing.missing_keys if k not in ("embed_tokens.weight", "lm_head.weight", "draft_ids")
+           or (k == "lm_head.weight" and c.kind != "eagle")]
     if bad or missing.unexpected_keys:
         raise ValueError(f"{folder}: checkpoint keys do not match the head: missing {bad}, "
                          f"unexpected {missing.unexpected_keys}")
-    head.draft_ids.copy_(torch.arange(head.c.draft_vocab) + head.d2t)
+    if c.kind != "eagle":
+        head.draft_ids.copy_(torch.arange(head.c.draft_vocab) + head.d2t)
     return head

@@ -59,6 +59,7 @@ class HeadConfig:
     rms_eps: float = 1e-5
     rope_theta: float = 10000.0
     max_positions: int = 2048
+    kind: str = "eagle3"  # "eagle3" (Eagle3Head) or "eagle" (EAGLE-1, eagle1.Eagle1Head)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -101,12 +102,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    def __init__(self, c: HeadConfig):
+    def __init__(self, c: HeadConfig, in_features: int | None = None):
         super().__init__()
         self.c = c
-        self.q_proj = nn.Linear(2 * c.hidden, c.heads * c.head_dim, bias=False)
-        self.k_proj = nn.Linear(2 * c.hidden, c.kv_heads * c.head_dim, bias=False)
-        self.v_proj = nn.Linear(2 * c.hidden, c.kv_heads * c.head_dim, bias=False)
+        n_in = 2 * c.hidden if in_features is None else in_features  # EAGLE-3 attends over concat(embeds, hidden)
+        self.q_proj = nn.Linear(n_in, c.heads * c.head_dim, bias=False)
+        self.k_proj = nn.Linear(n_in, c.kv_heads * c.head_dim, bias=False)
+        self.v_proj = nn.Linear(n_in, c.kv_heads * c.head_dim, bias=False)
         self.o_proj = nn.Linear(c.heads * c.head_dim, c.hidden, bias=False)
 
     def qkv(self, x: torch.Tensor, positions: torch.Tensor):
@@ -143,7 +145,68 @@ class MidLayer(nn.Module):
         self.mlp = MLP(c)
 
 
-class Eagle3Head(nn.Module):
+class DraftUnroll:
+    """The training-time-test unroll shared by the EAGLE-3 and EAGLE-1 heads.
+
+    A head provides ``c``, ``attn`` (an :class:`Attention`), ``lm_head``,
+    ``first_hidden(aux)`` (the hidden input of draft step 0), ``_pre(tokens,
+    hidden) -> (attention input, residual)`` and ``_post(attn_out, residual)
+    -> (input of lm_head, hidden fed back)``; the attention pattern over the
+    verified prefix and the chain's own earlier steps is the same for both.
+    """
+
+    def unroll(self, aux: torch.Tensor, tokens: torch.Tensor, steps: int):
+        """Training-time test: draft ``steps`` tokens from every position at once.
+
+        ``aux``: [B, T, n_aux*target_hidden], the target's aux streams at
+        positions 0..T-1. ``tokens``: [B, T] the sequence. The chain that
+        starts at position t drafts step k at position t+k from input token
+        ``tokens[t+1+k]`` (teacher forcing: the token the draft would have
+        fed had it been right, which is all acceptance depends on) and the
+        hidden state it produced at step k-1 (step 0: ``first_hidden(aux[t])``). Step k's
+        query for chain t attends to the step-0 keys at positions <= t (the
+        draft's KV for the verified prefix) and to chain t's own keys of steps
+        1..k, exactly the KV a vLLM drafting step sees. Returns a list of
+        draft-vocab logits [B, T, Vd] per step (only the first T-1-k positions
+        have an input token; callers mask the rest).
+        """
+        c = self.c
+        b, t, _ = aux.shape
+        hidden = self.first_hidden(aux)
+        pos0 = torch.arange(t)
+        scale = 1.0 / math.sqrt(c.head_dim)
+        causal = torch.ones(t, t, dtype=torch.bool).tril()
+        keys0 = vals0 = None
+        diag_k: list[torch.Tensor] = []
+        diag_v: list[torch.Tensor] = []
+        outs = []
+        for k in range(steps):
+            # input token for chain t at step k is tokens[t+1+k]; pad the tail (masked by the caller)
+            tok = torch.roll(tokens, shifts=-(1 + k), dims=1)
+            x, residual = self._pre(tok, hidden)
+            q, kk, vv = self.attn.qkv(x, pos0 + k)
+            if k == 0:
+                keys0, vals0 = kk, vv
+                s = (q @ keys0.transpose(-1, -2)) * scale
+                s = s.masked_fill(~causal, float("-inf"))
+                p = s.softmax(-1)
+                o = p @ vals0
+            else:
+                diag_k.append(kk)
+                diag_v.append(vv)
+                s0 = ((q @ keys0.transpose(-1, -2)) * scale).masked_fill(~causal, float("-inf"))
+                sd = torch.stack([(q * dk).sum(-1) * scale for dk in diag_k], dim=-1)  # [B,H,T,k]
+                p = torch.cat([s0, sd], dim=-1).softmax(-1)
+                o = p[..., :t] @ vals0
+                for j, dv in enumerate(diag_v):
+                    o = o + p[..., t + j, None] * dv
+            o = o.transpose(1, 2).reshape(b, t, c.heads * c.head_dim)
+            normed, hidden = self._post(self.attn.o_proj(o), residual)
+            outs.append(self.lm_head(normed))
+        return outs
+
+
+class Eagle3Head(DraftUnroll, nn.Module):
     """The head; ``embed_tokens`` is a frozen copy of the target's (never exported)."""
 
     def __init__(self, c: HeadConfig, embed_weight: torch.Tensor | None = None):
@@ -176,6 +239,13 @@ class Eagle3Head(nn.Module):
         self.t2d[ids] = True
 
     # ----------------------------------------------------------------- forward pieces
+    @property
+    def attn(self) -> Attention:
+        return self.midlayer.self_attn
+
+    def first_hidden(self, aux: torch.Tensor) -> torch.Tensor:
+        return self.fc(aux)
+
     def _pre(self, tokens: torch.Tensor, hidden: torch.Tensor):
         """concat(input_layernorm(embeds), hidden_norm(hidden)) and the residual (the un-normed hidden)."""
         ml = self.midlayer
@@ -192,56 +262,6 @@ class Eagle3Head(nn.Module):
     def logits_to_target(self, draft_logits: torch.Tensor) -> torch.Tensor:
         """Draft-vocab argmax mapped to target token ids (what vLLM proposes)."""
         return self.draft_ids[draft_logits.argmax(-1)]
-
-    def unroll(self, aux: torch.Tensor, tokens: torch.Tensor, steps: int):
-        """Training-time test: draft ``steps`` tokens from every position at once.
-
-        ``aux``: [B, T, n_aux*target_hidden], the target's aux streams at
-        positions 0..T-1. ``tokens``: [B, T] the sequence. The chain that
-        starts at position t drafts step k at position t+k from input token
-        ``tokens[t+1+k]`` (teacher forcing: the token the draft would have
-        fed had it been right, which is all acceptance depends on) and the
-        hidden state it produced at step k-1 (step 0: ``fc(aux[t])``). Step k's
-        query for chain t attends to the step-0 keys at positions <= t (the
-        draft's KV for the verified prefix) and to chain t's own keys of steps
-        1..k, exactly the KV a vLLM drafting step sees. Returns a list of
-        draft-vocab logits [B, T, Vd] per step (only the first T-1-k positions
-        have an input token; callers mask the rest).
-        """
-        c = self.c
-        b, t, _ = aux.shape
-        hidden = self.fc(aux)
-        pos0 = torch.arange(t)
-        scale = 1.0 / math.sqrt(c.head_dim)
-        causal = torch.ones(t, t, dtype=torch.bool).tril()
-        keys0 = vals0 = None
-        diag_k: list[torch.Tensor] = []
-        diag_v: list[torch.Tensor] = []
-        outs = []
-        for k in range(steps):
-            # input token for chain t at step k is tokens[t+1+k]; pad the tail (masked by the caller)
-            tok = torch.roll(tokens, shifts=-(1 + k), dims=1)
-            x, residual = self._pre(tok, hidden)
-            q, kk, vv = self.midlayer.self_attn.qkv(x, pos0 + k)
-            if k == 0:
-                keys0, vals0 = kk, vv
-                s = (q @ keys0.transpose(-1, -2)) * scale
-                s = s.masked_fill(~causal, float("-inf"))
-                p = s.softmax(-1)
-                o = p @ vals0
-            else:
-                diag_k.append(kk)
-                diag_v.append(vv)
-                s0 = ((q @ keys0.transpose(-1, -2)) * scale).masked_fill(~causal, float("-inf"))
-                sd = torch.stack([(q * dk).sum(-1) * scale for dk in diag_k], dim=-1)  # [B,H,T,k]
-                p = torch.cat([s0, sd], dim=-1).softmax(-1)
-                o = p[..., :t] @ vals0
-                for j, dv in enumerate(diag_v):
-                    o = o + p[..., t + j, None] * dv
-            o = o.transpose(1, 2).reshape(b, t, c.heads * c.head_dim)
-            normed, hidden = self._post(self.midlayer.self_attn.o_proj(o), residual)
-            outs.append(self.lm_head(normed))
-        return outs
 
     def export_state(self) -> dict[str, torch.Tensor]:
         """The tensors vLLM loads, under the names it accepts (see CHECKPOINT_KEYS)."""

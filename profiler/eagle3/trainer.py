@@ -62,7 +62,7 @@ class GateError(RuntimeError):
     """Training did not learn (loss flat or acc_0 at chance): the head is not exported."""
 
 
-def head_config_for(target_cfg, aux_ids: tuple[int, ...], draft_vocab: int) -> HeadConfig:
+def head_config_for(target_cfg, aux_ids: tuple[int, ...], draft_vocab: int, kind: str = "eagle3") -> HeadConfig:
     rope = getattr(target_cfg, "rope_parameters", None) or {}
     theta = rope.get("rope_theta", getattr(target_cfg, "rope_theta", 10000.0))
     heads = target_cfg.num_attention_heads
@@ -73,7 +73,18 @@ def head_config_for(target_cfg, aux_ids: tuple[int, ...], draft_vocab: int) -> H
         intermediate=target_cfg.intermediate_size, vocab=target_cfg.vocab_size,
         draft_vocab=min(draft_vocab, target_cfg.vocab_size), target_hidden=target_cfg.hidden_size,
         aux_layer_ids=tuple(aux_ids), rms_eps=target_cfg.rms_norm_eps, rope_theta=float(theta),
-        max_positions=target_cfg.max_position_embeddings)
+        max_positions=target_cfg.max_position_embeddings, kind=kind)
+
+
+def make_head(target, hcfg: HeadConfig, draft_to_target: torch.Tensor):
+    """A fresh head of ``hcfg.kind`` around the target's frozen embedding (and, for EAGLE-1, its lm_head)."""
+    if hcfg.kind == "eagle":
+        from .eagle1 import Eagle1Head
+
+        return Eagle1Head(hcfg, target.model.embed_tokens.weight.detach(), target.lm_head.weight.detach())
+    head = Eagle3Head(hcfg, target.model.embed_tokens.weight.detach())
+    head.set_vocab(draft_to_target)
+    return head
 
 
 def step_losses(head: Eagle3Head, cap: Captured, tokens: torch.Tensor, ttt: int):
@@ -186,17 +197,28 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def train(target, rows: torch.Tensor, eval_rows: torch.Tensor, cfg: TrainConfig, work_dir: Path,
-          aux_ids: tuple[int, ...], draft_to_target: torch.Tensor, log=print, gate: bool = True) -> tuple:
-    """Probe, then train a head; returns (head, record). Checkpoints go to ``work_dir/checkpoints``."""
+          aux_ids: tuple[int, ...], draft_to_target: torch.Tensor, log=print, gate: bool = True,
+          kind: str = "eagle3") -> tuple:
+    """Probe, then train a head; returns (head, record). Checkpoints go to ``work_dir/checkpoints``.
+
+    ``kind``: "eagle3", or "eagle" (EAGLE-1: ``aux_ids`` must be ``(capture.TARGET_OUTPUT,)`` and
+    ``draft_to_target`` every target id, since the head drafts over the target's own vocabulary and lm_head).
+    """
+    if kind == "eagle":
+        from .capture import TARGET_OUTPUT
+
+        if tuple(aux_ids) != (TARGET_OUTPUT,):
+            raise ValueError(f"an EAGLE-1 head reads the target's output hidden state only (aux_ids "
+                             f"({TARGET_OUTPUT},)), got {tuple(aux_ids)}")
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(max(1, min(os.cpu_count() or 1, 4)))
     work_dir = Path(work_dir)
     probe_rec = probe(target, rows[:4], aux_ids)
     log(f"capture probe passed: max |logit diff| {probe_rec['max_abs_logit_diff']:.2g} over "
         f"{probe_rec['tokens']} tokens, aux layers {list(aux_ids)}")
-    hcfg = head_config_for(target.config, aux_ids, cfg.draft_vocab)
-    head = Eagle3Head(hcfg, target.model.embed_tokens.weight.detach())
-    head.set_vocab(draft_to_target)
+    vocab = target.config.vocab_size if kind == "eagle" else cfg.draft_vocab
+    hcfg = head_config_for(target.config, aux_ids, vocab, kind)
+    head = make_head(target, hcfg, draft_to_target)
     params = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     history: list[dict] = []
@@ -229,7 +251,7 @@ def train(target, rows: torch.Tensor, eval_rows: torch.Tensor, cfg: TrainConfig,
                         "acc": [round(a.item(), 4) for a in accs], "lr": round(lr, 7)})
         if (step + 1) % cfg.log_every == 0 or step == start or step + 1 == cfg.steps:
             acc = history[-1]["acc"]
-            log(f"  eagle3 step {step + 1}/{cfg.steps} loss {loss.item():.3f} acc "
+            log(f"  {kind} step {step + 1}/{cfg.steps} loss {loss.item():.3f} acc "
                 f"{' '.join(f'{a:.2f}' for a in acc)} sim_acc_len {simulated_acc_len(acc):.2f} "
                 f"({time.time() - t0:.0f}s)")
         if cfg.checkpoint_every and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
@@ -240,7 +262,7 @@ def train(target, rows: torch.Tensor, eval_rows: torch.Tensor, cfg: TrainConfig,
         f"(majority rate {ev['majority_rate']})")
     n_first = max(1, min(10, len(history) // 10 or 1))
     record = {
-        "schema": LOG_SCHEMA, "backend": "local", "method": "eagle3",
+        "schema": LOG_SCHEMA, "backend": "local", "method": kind,
         "config": asdict(cfg), "head": hcfg.to_dict(), "probe": probe_rec,
         "rows": int(len(rows)), "seq_len": int(seq - 1), "steps": cfg.steps, "resumed_from": start or None,
         "samples_seen": cfg.steps * cfg.batch, "tokens_seen": cfg.steps * cfg.batch * (seq - 1),

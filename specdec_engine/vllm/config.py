@@ -21,8 +21,8 @@ from ..policy.fallback import FallbackConfig
 from ..validation import format_validation_error
 
 METHOD = "tilespec"
-SUPPORTED_BASES = ("ngram", "eagle3", "draft_model")
-PLANNED_BASES = ("suffix", "eagle", "mtp")
+SUPPORTED_BASES = ("ngram", "eagle3", "eagle", "draft_model")
+PLANNED_BASES = ("suffix", "mtp")
 PROMPT_LOOKUP_BASES = ("ngram", "suffix")  # drafters without a model (no per-token confidence, no drafter KV)
 
 

@@ -83,10 +83,10 @@ def test_aux_layer_choice_follows_vllm_and_survives_shallow_targets():
 def _reference_chain(head, aux, tokens, t, steps):
     """Draft step by step for the chain starting at position t, with a KV cache, as vLLM's proposer does."""
     c = head.c
-    attn = head.midlayer.self_attn
+    attn = head.attn
     ks, vs, out = [], [], []
     # step 0 over the verified prefix 0..t (the draft's KV for it), positions 0..t
-    x, res = head._pre(tokens[None, 1:t + 2], head.fc(aux[None, :t + 1]))
+    x, res = head._pre(tokens[None, 1:t + 2], head.first_hidden(aux[None, :t + 1]))
     q, k, v = attn.qkv(x, torch.arange(t + 1))
     ks.append(k)
     vs.append(v)
@@ -108,11 +108,12 @@ def _reference_chain(head, aux, tokens, t, steps):
     return out
 
 
-def test_training_time_test_unroll_equals_step_by_step_drafting(small_target):
+@pytest.mark.parametrize("kind", ["eagle3", "eagle"])
+def test_training_time_test_unroll_equals_step_by_step_drafting(small_target, kind):
     torch.manual_seed(1)
-    aux_ids = (1, 2, 3)
-    hc = trainer.head_config_for(small_target.config, aux_ids, 64)
-    head = model.Eagle3Head(hc, small_target.model.embed_tokens.weight).eval()
+    aux_ids = (capture.TARGET_OUTPUT,) if kind == "eagle" else (1, 2, 3)
+    hc = trainer.head_config_for(small_target.config, aux_ids, 128 if kind == "eagle" else 64, kind)
+    head = trainer.make_head(small_target, hc, torch.arange(hc.draft_vocab)).eval()
     x = _rows(2, 20)
     cap = capture.capture(small_target, x, aux_ids)
     with torch.no_grad():
@@ -334,3 +335,44 @@ def test_cli_trains_exports_and_resumes_on_the_tiny_target(tiny_models, tmp_path
     # another run's checkpoints are refused, not silently mixed in
     assert cli.main(argv + ["--steps", "4", "--lr", "1e-3"]) == 2
     assert "holds checkpoints of a different run" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- EAGLE-1 (base "eagle")
+def test_eagle1_feature_is_the_target_output_hidden_state(small_target):
+    x = _rows(4)
+    cap = capture.capture(small_target, x, (capture.TARGET_OUTPUT,))
+    with torch.no_grad():
+        assert torch.allclose(small_target.lm_head(cap.aux), cap.logits, atol=1e-4)  # what vLLM hands the head
+    assert capture.probe(small_target, x, (capture.TARGET_OUTPUT,))["passed"]
+
+
+def test_eagle1_trains_exports_as_vllm_loads_and_reads_back(small_target, tmp_path):
+    rows = _rows(64, 17)
+    # the random target's distribution is nearly flat; its lm_head is frozen in the head, so it takes longer
+    cfg = trainer.TrainConfig(steps=120, batch=8, lr=3e-2, warmup=5, checkpoint_every=0, ttt=3)
+    head, rec = trainer.train(small_target, rows, _rows(8, 17, seed=3), cfg, tmp_path / "w",
+                              (capture.TARGET_OUTPUT,), torch.arange(128), log=lambda m: None, kind="eagle")
+    assert rec["method"] == "eagle" and rec["gate"]["passed"] and rec["acc"][0] > rec["chance"]
+    assert rec["draft_vocab"] == 128  # the full target vocabulary: EAGLE-1 has no d2t
+    out = export.export(head, small_target.config, tmp_path / "head", rec)
+    from safetensors.torch import load_file
+
+    from specdec_profiler.eagle3 import eagle1
+
+    st = load_file(str(out / "model.safetensors"))
+    assert set(st) == set(eagle1.CHECKPOINT_KEYS)  # no embed_tokens / lm_head / input_layernorm: vLLM's layout
+    assert st["fc.weight"].shape == (32, 2 * 32) and st["layers.0.self_attn.q_proj.weight"].shape == (32, 32)
+    cfg_json = json.loads((out / "config.json").read_text())
+    assert cfg_json["architectures"] == ["EagleLlamaForCausalLM"] and cfg_json["hidden_size"] == 32
+    assert "draft_vocab_size" not in cfg_json and "eagle_aux_hidden_state_layer_ids" not in cfg_json
+    back = export.load_head(out, small_target.model.embed_tokens.weight, small_target.lm_head.weight)
+    cap = capture.capture(small_target, _rows(2), (capture.TARGET_OUTPUT,))
+    with torch.no_grad():
+        assert torch.allclose(head.unroll(cap.aux, _rows(2), 2)[1], back.unroll(cap.aux, _rows(2), 2)[1])
+
+
+def test_eagle1_refuses_aux_layers(small_target, tmp_path):
+    cfg = trainer.TrainConfig(steps=2, batch=4, checkpoint_every=0)
+    with pytest.raises(ValueError, match="output hidden state only"):
+        trainer.train(small_target, _rows(), _rows(4, seed=1), cfg, tmp_path, (1, 2, 3), torch.arange(128),
+                      log=lambda m: None, kind="eagle")

@@ -1,5 +1,5 @@
-"""tilespec over model drafters (issue 4): `base: eagle3` with the project's tiny EAGLE-3 head and
-`base: draft_model` with the tiny draft, in the real engine (offline LLM, float32).
+"""tilespec over model drafters (issue 4): `base: eagle3` / `base: eagle` with the project's tiny EAGLE-3 and
+EAGLE-1 heads and `base: draft_model` with the tiny draft, in the real engine (offline LLM, float32).
 
 What a user relies on: greedy output equals no speculation token for token; the drafter's per-token
 probabilities and timings reach the scheduler (draft_confidence.py) and the calibration learned from real accept outcomes
@@ -35,12 +35,12 @@ def _prompts():
         [f"def function_{i}(arg):\n    " for i in range(5)]
 
 
-def test_tilespec_over_eagle3_and_draft_model_is_lossless_and_calibrates_draft_confidence(
-        tiny_models, tiny_eagle3, tmp_path):
+def test_tilespec_over_eagle3_eagle_and_draft_model_is_lossless_and_calibrates_draft_confidence(
+        tiny_models, tiny_eagle3, tiny_eagle, tmp_path):
     target, draft = tiny_models
     prompts = json.dumps(_prompts())
     want, _ = run_llm_script(tmp_path, BODY, str(target), "-", "none", str(tmp_path / "c"), prompts)
-    for base, model in (("eagle3", tiny_eagle3), ("draft_model", draft)):
+    for base, model in (("eagle3", tiny_eagle3), ("eagle", tiny_eagle), ("draft_model", draft)):
         got, log = run_llm_script(tmp_path, BODY, str(target), str(model), base, str(tmp_path / "c"), prompts)
         assert f"TileSpec: scheduler active: base={base}" in log, log[-3000:]
         bad = [i for i, (w, g) in enumerate(zip(want["ids"], got["ids"])) if w != g]
