@@ -15,18 +15,22 @@ Workloads (specdec_profiler/workloads.py): code_edit (greedy; the answer repeats
 open_gen (temperature 1.0; prompt lookup rarely matches). Output length is forced (min_tokens =
 max_tokens, ignore_eos). Per (arm, workload, concurrency): `--trials` trials, each sending
 `--requests` requests (default 4 x concurrency, at least 8) with that many in flight, after a
-discarded warm-up. The tilespec server stays up for the whole run and every other arm is measured
-in alternation with it (ABBA), so each comparison is made in the same time window (this machine's
-speed drifts by 10-20% over minutes); tilespec's ratio to an arm uses its paired trials. Reported: output tokens/s (all output tokens / trial wall time), TPOT and TTFT
+discarded warm-up. Each baseline arm is paired with a tilespec server started for it: both fresh,
+started back to back, warmed by the same requests at every concurrency measured, then measured in
+alternation (ABBA), so each comparison is made in the same time window (this machine's speed drifts by
+10-20% over minutes) between servers with the same history; tilespec's ratio to an arm uses its paired
+trials, and what tilespec learns (latency profile, calibration) carries over between its servers through
+its cache. Reported: output tokens/s (all output tokens / trial wall time), TPOT and TTFT
 medians over requests (TPOT from the server's token counts, not stream chunks), acceptance length
 1 + accepted/drafts from vLLM's own counters over the trial's window. JSON + PNG + table.
 
-`--control` runs the same design with the always-up server started *without* speculation (it keeps the
-name "tilespec" in the tables): every ratio it reports should be 1, and what it reports instead is the
-harness's own bias between a server that stays up and one started for the pair. Measured here
-(2026-12-04, open_gen, 69M target, two 10-pair runs): 0.953 [0.926, 0.981] and 0.915 [0.883, 0.949] at c=1,
-0.990 [0.950, 1.032] and 0.998 [0.938, 1.061] at c=4 (and 0.925 / 1.057 in two 4-6 pair runs at c=4): at 1
-request the always-up server ran 5-9% slower, the size of what a K=0 comparison is trying to resolve.
+`--control` runs the same design with the 'tilespec' slot started *without* speculation: every ratio it
+reports should be 1, and what it reports instead is the harness's own bias. Why the servers are paired
+fresh (2026-12-04, open_gen, 69M target, 10-pair A/A runs at 1 request): with one server kept up for the
+whole run (the earlier design) and warmed at every concurrency and full length, it ran at 0.953
+[0.926, 0.981] and 0.915 [0.883, 0.949] of a server started for the pair (0.990 and 0.998 at c=4); started
+second but still warmed longer, 0.973 [0.957, 0.989]; with the same start-up and warm-up, 1.010 [0.971,
+1.050]. A server's speed depends on what it served before, by as much as a K=0 comparison tries to resolve.
 """
 
 from __future__ import annotations
@@ -53,11 +57,12 @@ BASELINE_ENV = {"NUMBA_NUM_THREADS": "1", "NUMBA_THREADING_LAYER": "workqueue"}
 # vLLM's dynamic schedule for a model drafter (K by batch size): deep drafts when the batch is small, shallow
 # when it is large, within K_max=7 (the largest static arm).
 DYNAMIC_SCHEDULE_EAGLE3 = [[1, 1, 7], [2, 4, 5], [5, 8, 3], [9, 1024, 1]]
+MODEL_DRAFTERS = ("eagle3", "eagle")  # heads the project trains for the tiny target (EAGLE-3, EAGLE-1)
 
 
 def run_configs(cache_dir: Path, drafter: str = "ngram", draft_model: str | None = None,
                 control: bool = False) -> dict[str, dict | None]:
-    """The arms' configs for a run; with ``control`` (A/A) the always-up 'tilespec' slot runs without speculation."""
+    """The arms' configs for a run; with ``control`` (A/A) the 'tilespec' slot runs without speculation."""
     configs = arm_configs(cache_dir, drafter, draft_model)
     if control:
         configs["tilespec"] = None
@@ -66,14 +71,14 @@ def run_configs(cache_dir: Path, drafter: str = "ngram", draft_model: str | None
 
 def arm_configs(cache_dir: Path, drafter: str = "ngram", draft_model: str | None = None) -> dict[str, dict | None]:
     """The arms of one drafter family; ``tilespec`` is always tilespec over that drafter."""
-    if drafter == "eagle3":
+    if drafter in MODEL_DRAFTERS:
         head = {"model": str(draft_model)}
         return {
             "no_spec": None,
-            **{f"eagle3_k{k}": {"method": "eagle3", "num_speculative_tokens": k, **head} for k in (1, 3, 5, 7)},
-            "dynamic": {"method": "eagle3", "num_speculative_tokens": 7, **head,
+            **{f"{drafter}_k{k}": {"method": drafter, "num_speculative_tokens": k, **head} for k in (1, 3, 5, 7)},
+            "dynamic": {"method": drafter, "num_speculative_tokens": 7, **head,
                         "num_speculative_tokens_per_batch_size": DYNAMIC_SCHEDULE_EAGLE3},
-            "tilespec": {"method": "tilespec", "base": "eagle3", "num_speculative_tokens": 7, **head,
+            "tilespec": {"method": "tilespec", "base": drafter, "num_speculative_tokens": 7, **head,
                          "cache_dir": str(cache_dir), "profile_batch_sizes": [1, 2, 4, 8, 16, 32]},
         }
     return {
@@ -91,14 +96,15 @@ def arm_configs(cache_dir: Path, drafter: str = "ngram", draft_model: str | None
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="model folder (default: build/reuse `specdec tiny-model --wide`)")
-    p.add_argument("--drafter", choices=("ngram", "eagle3"), default="ngram",
-                   help="drafter family of the arms (eagle3: the tiny target and its tiny EAGLE-3 head by default)")
-    p.add_argument("--draft-model", help="EAGLE-3 head folder for --drafter eagle3 (default: `specdec tiny-model "
-                                         "--eagle3`)")
+    p.add_argument("--drafter", choices=("ngram",) + MODEL_DRAFTERS, default="ngram",
+                   help="drafter family of the arms (eagle3 / eagle: the tiny target and its tiny EAGLE-3 / EAGLE-1 "
+                        "head by default)")
+    p.add_argument("--draft-model", help="head folder for --drafter eagle3 / eagle (default: `specdec tiny-model "
+                                         "--eagle3` / `--eagle`)")
     p.add_argument("--arms", default=None, help="comma-separated arms (default: all of the drafter family: "
                                                 "ngram: no_spec,ngram_k2,ngram_k4,ngram_k8,dynamic,tilespec; "
                                                 "eagle3: no_spec,eagle3_k1,eagle3_k3,eagle3_k5,eagle3_k7,dynamic,"
-                                                "tilespec)")
+                                                "tilespec; eagle: the same with eagle_k1..k7)")
     p.add_argument("--workloads", default="code_edit,open_gen")
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--trials", type=int, default=3)
@@ -107,7 +113,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default="benchmarks/results/vllm_e2e", help="output folder")
     p.add_argument("--replot", metavar="JSON", help="only redraw the PNG of a saved vllm_e2e.json and exit")
     p.add_argument("--control", action="store_true",
-                   help="A/A control: the always-up server (the 'tilespec' slot) runs without speculation, so each "
+                   help="A/A control: the 'tilespec' slot's servers run without speculation, so each "
                         "ratio shows the harness's own bias (expected 1)")
     p.add_argument("--quick", action="store_true",
                    help="short run: arms no_spec,ngram_k4,tilespec; concurrency 1,4; 2 trials")
@@ -162,12 +168,13 @@ def _trial(srv, name, spec, wl_name, wl, c, trial, prompts, args):
     return row
 
 
-def _start(name, spec, model, log_dir):
+def _start(name, spec, model, log_dir, log_name=None):
     from specdec_profiler.vllm_server import VLLMServer
 
-    # no prefix caching: tilespec stays up across pairs and sees each pair's prompts again, so with the
-    # cache on it would skip prefills that the baselines pay
-    srv = VLLMServer(model, speculative_config=spec, log_path=log_dir / f"serve_{name}.log", start_timeout_s=400,
+    # no prefix caching: warm-ups and trials share prompts (the warm-up takes the workload's last ones), and
+    # every server of the run should pay every prefill
+    srv = VLLMServer(model, speculative_config=spec, log_path=log_dir / f"serve_{log_name or name}.log",
+                     start_timeout_s=400,
                      env={"VLLM_CPU_KVCACHE_SPACE": "1", **BASELINE_ENV}, extra_args=["--no-enable-prefix-caching"])
     srv.start()
     print(f"[{name}] server up in {srv.started_s:.0f}s", file=sys.stderr, flush=True)
@@ -194,49 +201,51 @@ def _server_info(srv):
 
 
 def run_paired(arms, configs, model, args, workloads, concurrencies, log_dir, rows):
-    """tilespec stays up; each other arm is started in turn and measured in alternation with it.
+    """Each baseline against a tilespec server started for it; the pair measured in alternation (ABBA).
 
     On a shared 2-core machine throughput drifts by 10-20% over minutes. Alternating trials of
-    tilespec and one baseline (ABBA order across trials) compares them in the same time window;
-    the tilespec server learns throughout, as a warm production server would.
+    tilespec and one baseline (ABBA order across trials) compares them in the same time window.
+    Both servers of a pair are fresh, started back to back (in alternating order from pair to pair)
+    and warmed by the same requests: a server's speed here depends on what it has served before
+    (measured with ``--control``: a server kept up for the whole run, or only warmed longer, ran
+    3-9% slower at 1 request than one started for the pair, and 1.010 [0.971, 1.050] with equal
+    histories). What tilespec learns carries over between its servers through its cache (latency
+    profile, calibration), as it does for an operator's restarted server.
     """
-    servers = {}
-    baselines = [a for a in arms if a != "tilespec"]
-    ts = None
-    if "tilespec" in arms:
-        ts = _start("tilespec", configs["tilespec"], model, log_dir)
-        _warm(ts, workloads, concurrencies, args.osl)
-    try:
-        for base in baselines or [None]:
-            srv = None
-            if base is not None:
-                srv = _start(base, configs[base], model, log_dir)
-                _warm(srv, workloads)
-            try:
-                for wl_name, wl in workloads.items():
-                    offset = 0
-                    for c in concurrencies:
-                        n = args.requests or max(8, 4 * c)
-                        for trial in range(args.trials):
-                            prompts = wl.prompts[offset:offset + n]
-                            offset += n
-                            order = [(base, srv), ("tilespec", ts)]
-                            if trial % 2:
-                                order.reverse()
-                            for name, server in order:
-                                if server is None:
-                                    continue
-                                row = _trial(server, name, configs[name], wl_name, wl, c, trial, prompts, args)
-                                row["pair"] = base
-                                rows.append(row)
-            finally:
-                if srv is not None:
-                    servers[base] = _server_info(srv)
-                    srv.stop()
-    finally:
-        if ts is not None:
-            servers["tilespec"] = _server_info(ts)
-            ts.stop()
+    servers: dict[str, list] = {}
+    baselines = [a for a in arms if a != "tilespec"] or [None]
+    with_tilespec = "tilespec" in arms
+    for i, base in enumerate(baselines):
+        names = ([base] if base is not None else []) + (["tilespec"] if with_tilespec else [])
+        if i % 2:
+            names.reverse()
+        pair = {}
+        try:
+            for name in names:
+                log_name = f"{name}_vs_{base}" if name == "tilespec" and base is not None else name
+                pair[name] = _start(name, configs[name], model, log_dir, log_name)
+            for srv in pair.values():
+                _warm(srv, workloads, concurrencies, args.osl)
+            for wl_name, wl in workloads.items():
+                offset = 0
+                for c in concurrencies:
+                    n = args.requests or max(8, 4 * c)
+                    for trial in range(args.trials):
+                        prompts = wl.prompts[offset:offset + n]
+                        offset += n
+                        order = [(base, pair.get(base)), ("tilespec", pair.get("tilespec"))]
+                        if trial % 2:
+                            order.reverse()
+                        for name, server in order:
+                            if server is None:
+                                continue
+                            row = _trial(server, name, configs[name], wl_name, wl, c, trial, prompts, args)
+                            row["pair"] = base
+                            rows.append(row)
+        finally:
+            for name, srv in pair.items():
+                servers.setdefault(name, []).append(_server_info(srv))
+                srv.stop()
     return servers
 
 
@@ -343,6 +352,7 @@ def print_table(summary, arms):
 
 ARM_COLORS = {"no_spec": "black", "ngram_k2": "#9ecae1", "ngram_k4": "#4292c6", "ngram_k8": "#08519c",
               "eagle3_k1": "#fdd0a2", "eagle3_k3": "#fd8d3c", "eagle3_k5": "#d94801", "eagle3_k7": "#7f2704",
+              "eagle_k1": "#dadaeb", "eagle_k3": "#9e9ac8", "eagle_k5": "#6a51a3", "eagle_k7": "#3f007d",
               "dynamic": "tab:green", "tilespec": "tab:red"}
 
 
@@ -443,19 +453,19 @@ def _plot_calibrations(root: Path) -> None:
 
 
 def default_models(drafter: str, build_head: bool = True) -> tuple[Path, Path | None]:
-    """The project's models for a drafter family, built or reused from the cache: (target, EAGLE-3 head or None).
+    """The project's models for a drafter family, built or reused from the cache: (target, head or None).
 
-    ngram: the widened benchmark target (its forward dominates the step). eagle3: the tiny target and its head,
-    which was trained on the tiny target's hidden states, so the widened target cannot use it.
+    ngram: the widened benchmark target (its forward dominates the step). eagle3 / eagle: the tiny target and its
+    EAGLE-3 / EAGLE-1 head, trained on the tiny target's hidden states, so the widened target cannot use it.
     """
     from specdec_profiler import tiny_model
 
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    if drafter == "eagle3":
+    if drafter in MODEL_DRAFTERS:
         from specdec_profiler.eagle3.tiny import build_eagle3
 
         model = tiny_model.build(log=log).target
-        return model, build_eagle3(model, log=log) if build_head else None
+        return model, build_eagle3(model, log=log, kind=drafter) if build_head else None
     return tiny_model.build_wide(tiny_model.build(log=log).target, log=log), None
 
 
@@ -465,7 +475,7 @@ def main(argv=None) -> int:
         print(f"wrote {replot(Path(args.replot))}")
         return 0
     if args.quick:
-        quick_static = "eagle3_k3" if args.drafter == "eagle3" else "ngram_k4"
+        quick_static = f"{args.drafter}_k3" if args.drafter in MODEL_DRAFTERS else "ngram_k4"
         args.arms, args.concurrency, args.trials = f"no_spec,{quick_static},tilespec", "1,4", 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -475,8 +485,8 @@ def main(argv=None) -> int:
     else:
         model, default_head = default_models(args.drafter, build_head=draft_model is None)
         draft_model = draft_model or default_head
-    if args.drafter == "eagle3" and draft_model is None:
-        print("vllm_e2e: error: --drafter eagle3 with --model needs --draft-model", file=sys.stderr)
+    if args.drafter in MODEL_DRAFTERS and draft_model is None:
+        print(f"vllm_e2e: error: --drafter {args.drafter} with --model needs --draft-model", file=sys.stderr)
         return 2
     from specdec_profiler import workloads as W
 
@@ -486,7 +496,7 @@ def main(argv=None) -> int:
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     configs = run_configs(out / "cache", args.drafter, draft_model, control=args.control)
     if args.control:
-        print("vllm_e2e: A/A control: the always-up server ('tilespec' in the tables) runs without speculation; "
+        print("vllm_e2e: A/A control: the 'tilespec' slot runs without speculation; "
               "its ratios show the harness's own bias", file=sys.stderr)
     unknown = [a for a in arms if a not in configs]
     if unknown:

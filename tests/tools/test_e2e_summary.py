@@ -60,8 +60,8 @@ def test_replot_redraws_the_png_of_a_saved_run(tmp_path):
     assert png == tmp_path / "vllm_e2e.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_control_run_puts_a_server_without_speculation_in_the_always_up_slot(tmp_path):
-    """--control (A/A): the same paired design, with the always-up 'tilespec' slot running no speculation, so its
+def test_the_control_run_puts_a_server_without_speculation_in_the_tilespec_slot(tmp_path):
+    """--control (A/A): the same paired design, with the 'tilespec' slot running no speculation, so its
     ratios measure the harness itself; the other arms are unchanged."""
     E = _e2e()
     normal = E.run_configs(tmp_path, "ngram")
@@ -70,3 +70,18 @@ def test_the_control_run_puts_a_server_without_speculation_in_the_always_up_slot
     assert control["tilespec"] is None
     assert {k: v for k, v in control.items() if k != "tilespec"} == {k: v for k, v in normal.items() if k != "tilespec"}
     assert E.parse_args(["--control"]).control and not E.parse_args([]).control
+
+
+def test_model_drafter_arms_for_eagle3_and_eagle(tmp_path):
+    """--drafter eagle3 / eagle: no speculation, static K 1/3/5/7, vLLM's dynamic schedule and tilespec over the
+    same head; tilespec chooses within the largest static K."""
+    E = _e2e()
+    for drafter in ("eagle3", "eagle"):
+        cfg = E.run_configs(tmp_path, drafter, "/heads/h")
+        assert list(cfg) == ["no_spec"] + [f"{drafter}_k{k}" for k in (1, 3, 5, 7)] + ["dynamic", "tilespec"]
+        assert cfg[f"{drafter}_k3"] == {"method": drafter, "num_speculative_tokens": 3, "model": "/heads/h"}
+        assert cfg["dynamic"]["method"] == drafter and "num_speculative_tokens_per_batch_size" in cfg["dynamic"]
+        ts = cfg["tilespec"]
+        assert (ts["method"], ts["base"], ts["num_speculative_tokens"], ts["model"]) == ("tilespec", drafter, 7,
+                                                                                        "/heads/h")
+    assert E.parse_args(["--drafter", "eagle"]).drafter == "eagle"
