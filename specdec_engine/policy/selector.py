@@ -252,18 +252,31 @@ class KSelector:
         """``sel``, or K=k_max for every request if that scores higher at the uniform (FULL graph) price."""
         c = np.asarray(cum_p, dtype=np.float64)
         B, K = c.shape
-        if B == 0 or K != self.k_max or not (c >= 0).all():  # NaN (no draft) fails the comparison too
+        if B == 0 or K != self.k_max:
             return sel
         if n_avail is not None and min(np.asarray(n_avail).tolist()) < K:
             return sel
         fwd = self.uniform_forward_ms(B)
         if fwd is None:
             return sel
+        if B * K > SMALL_PLAN:
+            if not (c >= 0).all():  # NaN (no draft) or negative: not a uniform K_max batch
+                return sel
+            accepted = float(np.minimum.accumulate(c, axis=1).sum())
+        else:  # every request's prefix probabilities summed, in plain Python (no GIL release: see SMALL_PLAN)
+            accepted = 0.0
+            for row in c.tolist():
+                run = row[0] if row else 0.0
+                for p in row:
+                    if not p >= 0:
+                        return sel
+                    run = min(run, p)
+                    accepted += run
         n = B * K
         cost_by_k = self._cost_by_k if cost_by_longest_draft is None else cost_by_longest_draft
         total = fwd + self.overhead_ms + self.per_draft_ms * n + \
             (float(cost_by_k[K]) if cost_by_k is not None else self._cost)
-        expected = B + extra_outputs + float(np.minimum.accumulate(c, axis=1).sum())
+        expected = B + extra_outputs + accepted
         goodput = expected / total
         if self.min_gain > 0 and goodput < sel.baseline_goodput * (1.0 + self.min_gain):
             return sel

@@ -83,3 +83,22 @@ def test_uniform_table_interpolates_and_rejects_bad_input():
             sel.set_uniform_steps(b, ms)
     sel.set_uniform_steps(None, None)
     assert sel.uniform_forward_ms(2) is None
+
+
+def test_large_batches_price_the_uniform_plan_as_small_ones_do():
+    """Above SMALL_PLAN draft slots the uniform plan is summed with NumPy, below in plain Python: same plan."""
+    from specdec_engine.policy import selector as S
+
+    pts = [(b, n, 1.0 + 0.05 * n) for b in (1, 128) for n in range(b, b * (K + 1) + 1, max(1, b // 4))]
+    sel = KSelector(LatencyModel.from_samples(pts), K)
+    sel.set_uniform_steps([1, 128], [0.9, 5.0])
+    rng = np.random.default_rng(1)
+    for B in (3, 70, 100):  # 12, 280 and 400 draft slots
+        c = np.cumprod(rng.uniform(0.5, 0.99, (B, K)), axis=1)
+        big = sel.select(c)
+        old, S.SMALL_PLAN = S.SMALL_PLAN, 10 ** 6
+        try:
+            small = sel.select(c)
+        finally:
+            S.SMALL_PLAN = old
+        assert big.k.tolist() == small.k.tolist() and big.expected_tokens == pytest.approx(small.expected_tokens)
