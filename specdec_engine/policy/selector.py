@@ -16,6 +16,15 @@ so when the latency table has a jump (a cuBLAS tile or wave boundary) it
 stops on the cheap side of it, and requests whose drafts are unlikely to be
 accepted get K=0 while confident ones get long drafts in the same step.
 
+Uniform against ragged: with CUDA graphs, vLLM replays a FULL graph only for a
+*uniform* decode batch, every request verifying exactly K_max drafts (its
+``uniform_decode_query_len`` is 1 + K_max); any other shape, K=0 for every
+request included, runs PIECEWISE (attention outside the graph). The latency
+model then describes the PIECEWISE steps, and ``set_uniform_steps`` adds the
+measured time of a uniform K_max step per batch size. Each plan is weighed
+against "K_max for everyone" at that cheaper price, and the better of the two
+is taken. Without that table (CPU, eager mode) nothing changes.
+
 What is maximised over time is the long-run rate (all tokens / all time),
 and a per-step ratio is not that: given the rate the engine sustains at this
 batch size (:class:`RateTracker`), each step maximises
@@ -117,6 +126,33 @@ class KSelector:
         # profiled forward (rejection sampling, bookkeeping, a busier host).
         self.overhead_ms = 0.0
         self.per_draft_ms = 0.0
+        self._uniform_b: list[int] | None = None   # batch sizes with a measured uniform K_max step
+        self._uniform_ms: list[float] | None = None
+
+    def set_uniform_steps(self, batch_sizes: Sequence[int] | None, forward_ms: Sequence[float] | None) -> None:
+        """The profiled forward (ms) of a uniform decode batch of B requests each verifying k_max drafts, per B
+        (what vLLM runs as a FULL CUDA graph), or None to drop it. Between profiled batch sizes it is
+        interpolated linearly; outside them there is no uniform option (the plan is priced as ragged)."""
+        if not batch_sizes:
+            self._uniform_b = self._uniform_ms = None
+            return
+        pairs = sorted((int(b), float(ms)) for b, ms in zip(batch_sizes, forward_ms))
+        if len(pairs) != len(batch_sizes) or any(b < 1 or not ms > 0 for b, ms in pairs) or \
+                len({b for b, _ in pairs}) != len(pairs):
+            raise ValueError(f"uniform steps need distinct batch sizes >= 1 with times > 0, got {pairs}")
+        self._uniform_b = [b for b, _ in pairs]
+        self._uniform_ms = [ms for _, ms in pairs]
+
+    def uniform_forward_ms(self, batch: int) -> float | None:
+        """The profiled forward of a uniform K_max step of ``batch`` requests; None outside the profiled range."""
+        bs = self._uniform_b
+        if bs is None or not bs[0] <= batch <= bs[-1]:
+            return None
+        i = bisect.bisect_left(bs, batch)
+        if bs[i] == batch:
+            return self._uniform_ms[i]
+        b0, b1, m0, m1 = bs[i - 1], bs[i], self._uniform_ms[i - 1], self._uniform_ms[i]
+        return m0 + (m1 - m0) * (batch - b0) / (b1 - b0)
 
     def set_draft_cost(self, draft_cost_ms: float | Sequence[float]) -> None:
         """The drafter's cost (ms) of a step: one number for any plan with drafts, or k_max+1 numbers indexed by
@@ -201,7 +237,55 @@ class KSelector:
 
         ``cost_by_longest_draft`` (k_max + 1 numbers): for this call only, a drafter cost by the plan's longest
         draft instead of the selector's own (a what-if about how deep to draft).
+
+        With uniform steps (:meth:`set_uniform_steps`), the plan is then weighed against every request verifying
+        all k_max drafts at the uniform price (see the module docstring).
         """
+        sel = self._select(cum_p, n_avail, extra_tokens, extra_seqs, force_rows, rate, extra_outputs,
+                           cost_by_longest_draft)
+        if self._uniform_b is not None and not extra_tokens and not extra_seqs:
+            sel = self._prefer_uniform(sel, cum_p, n_avail, rate, int(extra_outputs), cost_by_longest_draft)
+        return sel
+
+    def _prefer_uniform(self, sel: Selection, cum_p, n_avail, rate, extra_outputs: int,
+                        cost_by_longest_draft) -> Selection:
+        """``sel``, or K=k_max for every request if that scores higher at the uniform (FULL graph) price."""
+        c = np.asarray(cum_p, dtype=np.float64)
+        B, K = c.shape
+        if B == 0 or K != self.k_max:
+            return sel
+        if n_avail is not None and min(np.asarray(n_avail).tolist()) < K:
+            return sel
+        fwd = self.uniform_forward_ms(B)
+        if fwd is None:
+            return sel
+        if B * K > SMALL_PLAN:
+            if not (c >= 0).all():  # NaN (no draft) or negative: not a uniform K_max batch
+                return sel
+            accepted = float(np.minimum.accumulate(c, axis=1).sum())
+        else:  # every request's prefix probabilities summed, in plain Python (no GIL release: see SMALL_PLAN)
+            accepted = 0.0
+            for row in c.tolist():
+                run = row[0] if row else 0.0
+                for p in row:
+                    if not p >= 0:
+                        return sel
+                    run = min(run, p)
+                    accepted += run
+        n = B * K
+        cost_by_k = self._cost_by_k if cost_by_longest_draft is None else cost_by_longest_draft
+        total = fwd + self.overhead_ms + self.per_draft_ms * n + \
+            (float(cost_by_k[K]) if cost_by_k is not None else self._cost)
+        expected = B + extra_outputs + accepted
+        goodput = expected / total
+        if self.min_gain > 0 and goodput < sel.baseline_goodput * (1.0 + self.min_gain):
+            return sel
+        if self._score(expected, total, rate) <= self._score(sel.expected_tokens, sel.predicted_ms, rate):
+            return sel
+        return Selection(np.full(B, K, dtype=np.int64), B + n, expected, total, goodput, sel.baseline_goodput)
+
+    def _select(self, cum_p, n_avail, extra_tokens, extra_seqs, force_rows, rate, extra_outputs,
+                cost_by_longest_draft) -> Selection:
         c = np.asarray(cum_p, dtype=np.float64)
         if c.ndim != 2 or c.shape[1] > self.k_max:
             raise ValueError(f"cum_p must be [B, <= k_max={self.k_max}], got shape {c.shape}")

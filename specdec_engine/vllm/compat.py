@@ -79,6 +79,9 @@ TOUCHES: tuple[Touch, ...] = (
     Touch("runner._dummy_run", "vllm.v1.worker.gpu_model_runner:GPUModelRunner._dummy_run", "CALL",
           "time B sequences x q tokens with attention over a KV prefix",
           ("num_tokens", "force_attention", "uniform_decode", "skip_eplb", "profile_seq_lens")),
+    Touch("cudagraph_dispatcher.dispatch", "vllm.v1.cudagraph_dispatcher:CudagraphDispatcher.dispatch", "WRAP",
+          "warmup with FULL CUDA graphs only (GPU): ragged shapes timed with FULL excluded, as vLLM runs them, "
+          "and uniform K_max steps with it", ("num_tokens", "uniform_decode", "invalid_modes")),
     Touch("runner._prepare_inputs", "vllm.v1.worker.gpu_model_runner:GPUModelRunner._prepare_inputs", "WRAP",
           "a step that verifies no draft takes vLLM's plain sampling path (no rejection sampler)",
           ("scheduler_output", "num_scheduled_tokens")),

@@ -22,6 +22,7 @@ from .config import TileSpecConfig
 logger = logging.getLogger("specdec_engine.vllm")
 
 ADDITIONAL_CONFIG_KEY = "tilespec"
+UNIFORM_KEY = "uniform_full_graph"  # meta.json: uniform K_max steps' forward per batch size (warmup.uniform_table)
 
 
 def tilespec_config(vllm_config) -> TileSpecConfig | None:
@@ -59,9 +60,13 @@ class EngineRuntime:
             self.calibration = None
         if self.calibration is None:
             self.calibration = Calibration(n_bins=self.cfg.calibration_bins, n_positions=n_maps)
-        return TileSpecPolicy(self.latency, self.k_max, calibration=self.calibration,
-                              fallback=self.cfg.fallback.to_core(), learn_overhead=self.cfg.learn_overhead,
-                              n_groups=len(REQUEST_GROUPS), min_gain=self.cfg.min_step_gain)
+        policy = TileSpecPolicy(self.latency, self.k_max, calibration=self.calibration,
+                                fallback=self.cfg.fallback.to_core(), learn_overhead=self.cfg.learn_overhead,
+                                n_groups=len(REQUEST_GROUPS), min_gain=self.cfg.min_step_gain)
+        uniform = self.profile_info.get(UNIFORM_KEY)
+        if uniform and uniform.get("k_max") == self.k_max:
+            policy.selector.set_uniform_steps(uniform["batch_sizes"], uniform["ms"])
+        return policy
 
     def maybe_save_calibration(self, force: bool = False) -> None:
         """Persist the online calibration every ``calibration_save_interval_s`` (atomic; never raises)."""

