@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end: tilespec vs no speculation, static ngram K and vLLM's dynamic K, in a real `vllm serve`.
 
-    python benchmarks/vllm_e2e.py                       # full run (~20 min on 2 CPU cores)
+    python benchmarks/vllm_e2e.py                       # full run (~35 min on 2 CPU cores; --trials 6: ~60)
     python benchmarks/vllm_e2e.py --quick               # what `make demo` runs (~5 min)
     python benchmarks/vllm_e2e.py --control --arms no_spec,tilespec   # A/A: the harness's own bias
 
