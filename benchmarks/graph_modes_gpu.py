@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 
-def pieces(model, shape, B: int, q: int, context_len: int):
+def pieces(model, shape, B: int, q: int):
     """(segments, attention, logits): callables over static buffers (segments[i] runs between attention i-1 and
     i) and the buffer the last segment writes the logits to."""
     import torch
@@ -40,35 +40,18 @@ def pieces(model, shape, B: int, q: int, context_len: int):
 
     dev, dt = model.embed.device, model.embed.dtype
     d, H, KV = shape.head_dim, shape.heads, shape.kv_heads
-    G = H // KV
     ids = torch.randint(0, shape.vocab, (B, q), device=dev)
     x = torch.empty(B, q, shape.hidden, device=dev, dtype=dt)
-    qf = torch.empty(B, KV, G * q, d, device=dev, dtype=dt)
-    a = torch.empty(B, KV, G * q, d, device=dev, dtype=dt)
+    qf = torch.empty(B, KV, (H // KV) * q, d, device=dev, dtype=dt)
+    a = torch.empty_like(qf)
     logits = torch.empty(B, q, shape.vocab, device=dev, dtype=dt)
+    layers = model.layers
 
     def pre(L):
-        h = model.rms(x, L.n1)
-        qkv = F.linear(h, L.wqkv, L.bqkv)
-        qh, kh, vh = qkv.split([H * d, KV * d, KV * d], -1)
-        qh = qh.view(B, q, H, d).transpose(1, 2)
-        kh = kh.view(B, q, KV, d).transpose(1, 2)
-        vh = vh.view(B, q, KV, d).transpose(1, 2)
-        if L.qn is not None:
-            qh, kh = model.rms(qh, L.qn), model.rms(kh, L.qn)
-        qh, kh = model.rope(qh, q), model.rope(kh, q)
-        model.k_cache[:B, :, context_len:context_len + q].copy_(kh)
-        model.v_cache[:B, :, context_len:context_len + q].copy_(vh)
-        qf.copy_(qh.reshape(B, KV, G * q, d))
+        qf.copy_(model.attention_input(L, x, B, q))
 
     def post(L):
-        o = a.reshape(B, H, q, d).transpose(1, 2).reshape(B, q, H * d)
-        x.add_(F.linear(o, L.wo))
-        h = model.rms(x, L.n2)
-        gate, up = F.linear(h, L.wgu).chunk(2, -1)
-        x.add_(F.linear(F.silu(gate) * up, L.wd))
-
-    layers = model.layers
+        x.copy_(model.layer_output(L, x, a, B, q))
 
     def first():
         x.copy_(F.embedding(ids, model.embed))
@@ -85,9 +68,7 @@ def pieces(model, shape, B: int, q: int, context_len: int):
         logits.copy_(F.linear(model.rms(x, model.norm), model.head))
 
     def attention():
-        k = model.k_cache[:B, :, :context_len + q]
-        v = model.v_cache[:B, :, :context_len + q]
-        a.copy_(F.scaled_dot_product_attention(qf, k, v))
+        a.copy_(model.attend(qf, B, q))
 
     segments = [first] + [middle(i) for i in range(1, len(layers))] + [last]
     return segments, attention, logits
@@ -194,7 +175,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     for B in batches:
         for q in qs:
-            segments, attention, logits = pieces(model, shape, B, q, args.context_len)
+            segments, attention, logits = pieces(model, shape, B, q)
             row = {"batch": B, "q": q, "tokens": B * q,
                    "max_rel_diff_vs_eager": check_same_output(segments, attention, logits)}
             for mode in ("full", "piecewise", "eager"):

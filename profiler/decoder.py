@@ -134,36 +134,46 @@ def build(shape: DecoderShape, device, dtype, max_batch: int, max_q: int, contex
             rot = torch.cat([-x[..., half:], x[..., :half]], -1)
             return x * cos + rot * sin
 
+        def attention_input(self, L, x, B: int, q: int):
+            """Norm, QKV, RoPE; writes the q new keys/values into the KV buffer; returns the packed queries."""
+            d, H, KV = shape.head_dim, shape.heads, shape.kv_heads
+            h = self.rms(x, L.n1)
+            qkv = F.linear(h, L.wqkv, L.bqkv)
+            qh, kh, vh = qkv.split([H * d, KV * d, KV * d], -1)
+            qh = qh.view(B, q, H, d).transpose(1, 2)
+            kh = kh.view(B, q, KV, d).transpose(1, 2)
+            vh = vh.view(B, q, KV, d).transpose(1, 2)
+            if L.qn is not None:
+                qh, kh = self.rms(qh, L.qn), self.rms(kh, L.qn)
+            qh, kh = self.rope(qh, q), self.rope(kh, q)
+            self.k_cache[:B, :, context_len:context_len + q].copy_(kh)
+            self.v_cache[:B, :, context_len:context_len + q].copy_(vh)
+            # grouped-query heads packed as production decode kernels do (FlashInfer / FA3
+            # "pack GQA"): the G query heads of one KV head become G*q rows, so SDPA sees equal
+            # head counts and no mask, and takes its flash kernel for every q. No causal mask
+            # among the q new tokens: q-1 extra keys out of context+q, <2% more attention
+            # work at context 512, a timing model, not a numerically exact forward.
+            return qh.reshape(B, KV, (H // KV) * q, d)
+
+        def attend(self, qf, B: int, q: int):
+            """Attention of the packed queries over the KV prefix and the q new tokens."""
+            k = self.k_cache[:B, :, :context_len + q]
+            v = self.v_cache[:B, :, :context_len + q]
+            return F.scaled_dot_product_attention(qf, k, v)
+
+        def layer_output(self, L, x, a, B: int, q: int):
+            """The residual stream after the layer: o-proj of the attention output, then the MLP."""
+            H, d = shape.heads, shape.head_dim
+            x = x + F.linear(a.reshape(B, H, q, d).transpose(1, 2).reshape(B, q, H * d), L.wo)
+            h = self.rms(x, L.n2)
+            gate, up = F.linear(h, L.wgu).chunk(2, -1)
+            return x + F.linear(F.silu(gate) * up, L.wd)
+
         def forward(self, ids):
             B, q = ids.shape
-            d, H, KV = shape.head_dim, shape.heads, shape.kv_heads
             x = F.embedding(ids, self.embed)
             for L in self.layers:
-                h = self.rms(x, L.n1)
-                qkv = F.linear(h, L.wqkv, L.bqkv)
-                qh, kh, vh = qkv.split([H * d, KV * d, KV * d], -1)
-                qh = qh.view(B, q, H, d).transpose(1, 2)
-                kh = kh.view(B, q, KV, d).transpose(1, 2)
-                vh = vh.view(B, q, KV, d).transpose(1, 2)
-                if L.qn is not None:
-                    qh, kh = self.rms(qh, L.qn), self.rms(kh, L.qn)
-                qh, kh = self.rope(qh, q), self.rope(kh, q)
-                self.k_cache[:B, :, context_len:context_len + q].copy_(kh)
-                self.v_cache[:B, :, context_len:context_len + q].copy_(vh)
-                k = self.k_cache[:B, :, :context_len + q]
-                v = self.v_cache[:B, :, :context_len + q]
-                # grouped-query heads packed as production decode kernels do (FlashInfer / FA3
-                # "pack GQA"): the G query heads of one KV head become G*q rows, so SDPA sees equal
-                # head counts and no mask, and takes its flash kernel for every q. No causal mask
-                # among the q new tokens: q-1 extra keys out of context+q, <2% more attention
-                # work at context 512, a timing model, not a numerically exact forward.
-                G = H // KV
-                qf = qh.reshape(B, KV, G * q, d)
-                a = F.scaled_dot_product_attention(qf, k, v).reshape(B, H, q, d)
-                x = x + F.linear(a.transpose(1, 2).reshape(B, q, H * d), L.wo)
-                h = self.rms(x, L.n2)
-                gate, up = F.linear(h, L.wgu).chunk(2, -1)
-                x = x + F.linear(F.silu(gate) * up, L.wd)
+                x = self.layer_output(L, x, self.attend(self.attention_input(L, x, B, q), B, q), B, q)
             return F.linear(self.rms(x, self.norm), self.head)
 
     return Decoder()

