@@ -20,7 +20,13 @@ Rules that keep a serving engine safe:
   "stale" and moved aside the same way;
 - an unwritable root degrades to in-memory operation with one warning; it
   never raises into the engine;
-- the key is sanitised: no model name can produce a path outside the root.
+- the key is sanitised: no model name can produce a path outside the root;
+- the calibration is the drafter's, not the target's: meta.json names the
+  drafter it was learned over (``calibration_drafter``, see
+  :func:`drafter_identity`), and an engine drafting with another one starts
+  from a fresh calibration (the profile itself is reused). Before this, a
+  calibration learned over one EAGLE head was loaded for another head of the
+  same target and served until the online updates replaced it.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ PLOTS_DIR = "plots"
 OFFLINE_ENGINE_PREFIX = "offline-"  # CacheKey.engine of profiles written by the offline profiler
 DEFAULT_CACHE_ENV = "SPECDEC_CACHE_DIR"
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+DRAFTER_META = "calibration_drafter"  # meta.json: the drafter the calibration (and history priors) were learned over
+DRAFTER_SCOPED_META = ("calibration", "history_priors")  # what belongs to that drafter besides calibration.npz
 
 
 def default_cache_root() -> Path:
@@ -90,6 +98,29 @@ class CacheKey:
 
     def identity(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def drafter_identity(base: str, draft_model: str | None = None) -> str:
+    """Which drafter a calibration belongs to: the method (``ngram``, ``eagle3``, ...), and for a model drafter its
+    model as the cache key names a model (folder name + hash of its absolute path, or the hub id).
+
+    The same score means different things under different drafters: an EAGLE-3 head's cumulative confidence
+    and an EAGLE-1 head's are calibrated differently (raw ECE 0.337 and 0.296 on the tiny target), and prompt
+    lookup's scores are not probabilities at all."""
+    if not draft_model:
+        return sanitize(base)
+    return f"{sanitize(base)}:{CacheKey(model=str(draft_model), gpu='-').model_token}"
+
+
+def calibration_mismatch(meta: dict, drafter: str | None) -> str | None:
+    """Why the cached calibration must not be used by an engine drafting with ``drafter`` (None: it may).
+
+    A cache from before drafters were recorded (no ``calibration_drafter``) is used as it is: which drafter
+    it was learned over is not known, and the online updates correct it."""
+    stored = meta.get(DRAFTER_META)
+    if drafter is None or stored is None or stored == drafter:
+        return None
+    return f"the cached calibration was learned over drafter {stored!r}, this engine drafts with {drafter!r}"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -169,8 +200,12 @@ class ProfileCache:
         return dest
 
     # ------------------------------------------------------------------ read
-    def load(self, key: CacheKey) -> CacheEntry | None:
-        """The verified cache for ``key``, or None (missing, corrupt or stale: moved aside, with a warning)."""
+    def load(self, key: CacheKey, drafter: str | None = None) -> CacheEntry | None:
+        """The verified cache for ``key``, or None (missing, corrupt or stale: moved aside, with a warning).
+
+        ``drafter`` (:func:`drafter_identity`): a calibration learned over another drafter is not returned, nor
+        are that drafter's history priors (the entry's meta keeps neither); the files stay until this engine
+        saves its own."""
         d = self.path_for(key)
         meta_path = d / META_FILE
         if not d.is_dir():
@@ -209,6 +244,11 @@ class ProfileCache:
             except Exception as err:  # noqa: BLE001
                 self.move_aside(cal_path, f"{CALIBRATION_FILE}: {err}; it will be re-learned")
                 calibration = None
+        other = calibration_mismatch(meta, drafter)
+        if other:
+            logger.info("TileSpec: %s: starting a new calibration (%s)", other, d)
+            calibration = None
+            meta = {k: v for k, v in meta.items() if k not in DRAFTER_SCOPED_META}
         return CacheEntry(d, meta, latency, calibration)
 
     @staticmethod
@@ -242,8 +282,9 @@ class ProfileCache:
 
     def save(self, key: CacheKey, latency: LatencyModel | None = None,
              calibration: Calibration | None = None, extra_meta: dict | None = None,
-             plots: bool = True, token_histogram: dict | None = None) -> Path | None:
-        """Write what is given (latency and/or calibration) and refresh meta.json; None if not writable."""
+             plots: bool = True, token_histogram: dict | None = None, drafter: str | None = None) -> Path | None:
+        """Write what is given (latency and/or calibration) and refresh meta.json; None if not writable.
+        ``drafter``: the drafter the calibration was learned over (:func:`drafter_identity`), recorded with it."""
         if not self.writable:
             return None
         try:
@@ -265,7 +306,11 @@ class ProfileCache:
                 if calibration is not None:
                     atomic_write_bytes(d / CALIBRATION_FILE, _npz_bytes(calibration))
                     files[CALIBRATION_FILE] = sha256_file(d / CALIBRATION_FILE)
+                    if drafter is not None and calibration_mismatch(meta, drafter):  # the other drafter's too
+                        meta = {k: v for k, v in meta.items() if k not in DRAFTER_SCOPED_META}
                     meta["calibration"] = calibration.summary()
+                    if drafter is not None:
+                        meta[DRAFTER_META] = drafter
                 if LATENCY_MODEL_FILE not in files:
                     raise ValueError("a cache needs a latency model before anything else is written")
                 from . import __version__
@@ -351,7 +396,8 @@ class CalibrationAutosave:
         self._last = time.monotonic()
 
     def maybe_save(self, cache: "ProfileCache", key: "CacheKey | None", latency, calibration, *,
-                   profile_meta: dict | None = None, extra_meta=None, force: bool = False) -> None:
+                   profile_meta: dict | None = None, extra_meta=None, force: bool = False,
+                   drafter: str | None = None) -> None:
         """``extra_meta``: a dict, or a function returning one (called only when a save is due)."""
         if key is None or calibration is None or latency is None:
             return
@@ -366,8 +412,8 @@ class CalibrationAutosave:
         try:
             if not cache.path_for(key).joinpath("meta.json").exists():
                 cache.save(key, latency, calibration, extra_meta={**(profile_meta or {}), **(extra_meta or {})},
-                           plots=False)
+                           plots=False, drafter=drafter)
             else:
-                cache.save(key, calibration=calibration, extra_meta=extra_meta, plots=force)
+                cache.save(key, calibration=calibration, extra_meta=extra_meta, plots=force, drafter=drafter)
         except Exception as err:  # noqa: BLE001 - persistence must never hurt serving
             logger.warning("TileSpec: could not save calibration: %s", err)

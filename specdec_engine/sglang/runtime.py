@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import os
 
-from ..cache import DEFAULT_CACHE_ENV, CacheKey, CalibrationAutosave, ProfileCache
+from ..cache import DEFAULT_CACHE_ENV, CacheKey, CalibrationAutosave, ProfileCache, drafter_identity
 from ..policy import Calibration, LatencyModel
 from . import compat
-from .config import TileSpecSGLangConfig
+from .config import TileSpecConfigError, TileSpecSGLangConfig, resolve_base
 from .policy import TileSpecAdaptivePolicy, acceptance_prior, build_policy
 
 logger = logging.getLogger("specdec_engine.sglang")
@@ -41,6 +41,24 @@ class SGLangRuntime:
         self.policy: TileSpecAdaptivePolicy | None = None
         self.tp_rank, self.tp_size = compat.tp_rank_and_size()
         self._autosave = CalibrationAutosave(cfg.calibration_save_interval_s)
+
+    @property
+    def drafter(self) -> str | None:
+        """The drafter the calibration belongs to (:func:`~specdec_engine.cache.drafter_identity`): the base
+        (eagle3 / eagle, as the plugin resolves ``TILESPEC``, before or after it has) and the draft model path."""
+        from .algorithm import base_of
+
+        sa = self.server_args
+        algo = getattr(sa, "speculative_algorithm", None)
+        if sa is None or algo is None:
+            return None
+        path = getattr(sa, "speculative_draft_model_path", None)
+        name = str(getattr(algo, "name", algo))
+        try:
+            base = base_of(name) or resolve_base(self.cfg, path)
+        except TileSpecConfigError:  # a hub id with base auto: the name and the path still tell drafters apart
+            base = name
+        return drafter_identity(base.lower(), path)
 
     def make_policy(self, static, initial_steps: int | None = None) -> TileSpecAdaptivePolicy | None:
         """The policy for the controller (None: keep the static one, the reason is logged)."""
@@ -76,7 +94,7 @@ class SGLangRuntime:
     def maybe_save_calibration(self, force: bool = False) -> None:
         """Persist the online calibration every ``calibration_save_interval_s`` (atomic; never raises)."""
         self._autosave.maybe_save(self.cache, self.key, self.latency, self.calibration,
-                                  profile_meta=self.profile_info, force=force)
+                                  profile_meta=self.profile_info, force=force, drafter=self.drafter)
 
 
 def make_metrics(k_max: int, model_name: str, registry=None):

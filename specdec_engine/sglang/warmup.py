@@ -126,7 +126,7 @@ def run(worker) -> None:
         grid = graph_grid(states)
         decision = None
         if rt.tp_rank == 0:
-            entry = None if cfg.force_profile else rt.cache.load(rt.key)
+            entry = None if cfg.force_profile else rt.cache.load(rt.key, rt.drafter)
             if entry is not None and covers(entry.meta, grid):
                 decision = ("cached", _payload(entry.latency, entry.calibration,
                                                (entry.meta.get("sglang") or {}).get("draft_cost_ms", 0.0),
@@ -159,7 +159,7 @@ def run(worker) -> None:
         payload = compat.broadcast_from_tp_rank0(_payload(latency, cal, cost, info))
         _apply(rt, payload)
         if rt.tp_rank == 0:
-            saved = rt.cache.save(rt.key, rt.latency, rt.calibration, extra_meta=info)
+            saved = rt.cache.save(rt.key, rt.latency, rt.calibration, extra_meta=info, drafter=rt.drafter)
             desc = rt.latency.describe()
             logger.info("TileSpec: profiled %d points in %.1f s (boundaries %s, MAPE %.2f%%), draft cost by steps "
                         "%s ms; cache %s", desc["n_points"], seconds, desc["boundaries"], desc["mape"],

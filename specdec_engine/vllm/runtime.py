@@ -15,9 +15,9 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from ..cache import CacheKey, CalibrationAutosave, ProfileCache
+from ..cache import CacheKey, CalibrationAutosave, ProfileCache, drafter_identity
 from ..policy import AcceptanceHistory, Calibration, LatencyModel, TileSpecPolicy
-from .config import TileSpecConfig
+from .config import PROMPT_LOOKUP_BASES, TileSpecConfig
 
 logger = logging.getLogger("specdec_engine.vllm")
 
@@ -34,12 +34,22 @@ def tilespec_config(vllm_config) -> TileSpecConfig | None:
     return TileSpecConfig.model_validate(raw)
 
 
+def engine_drafter(vllm_config, cfg: TileSpecConfig) -> str:
+    """The drafter this engine's calibration belongs to (:func:`~specdec_engine.cache.drafter_identity`): the base
+    method, with the draft model vLLM loads for a model drafter (``speculative_config.model``)."""
+    model = None
+    if cfg.base not in PROMPT_LOOKUP_BASES:
+        model = getattr(getattr(vllm_config, "speculative_config", None), "model", None)
+    return drafter_identity(cfg.base, model)
+
+
 @dataclass
 class EngineRuntime:
     cfg: TileSpecConfig
     k_max: int
     cache: ProfileCache
     key: CacheKey | None = None
+    drafter: str | None = None  # engine_drafter: the calibration is loaded only if learned over this drafter
     latency: LatencyModel | None = None
     calibration: Calibration | None = None
     profile_info: dict = field(default_factory=dict)
@@ -74,7 +84,7 @@ class EngineRuntime:
             self._autosave = CalibrationAutosave(self.cfg.calibration_save_interval_s)
         self._autosave.maybe_save(self.cache, self.key, self.latency, self.calibration, profile_meta=self.profile_info,
                                   extra_meta=lambda: {"history_priors": self.history.export_priors()},
-                                  force=force)
+                                  force=force, drafter=self.drafter)
 
 
 _RUNTIMES: dict[int, EngineRuntime] = {}

@@ -39,7 +39,7 @@ import time
 
 from ..cache import CacheKey
 from ..policy import LatencyModel
-from .runtime import UNIFORM_KEY, runtime_for
+from .runtime import UNIFORM_KEY, engine_drafter, runtime_for
 
 logger = logging.getLogger("specdec_engine.vllm")
 
@@ -243,7 +243,8 @@ def run(executor) -> None:
         info = executor.collective_rpc(device_info)[0]
         rt.key = cache_key(executor.vllm_config, info["device"])
         batches, qs = plan_grid(cfg, rt.k_max, int(executor.vllm_config.scheduler_config.max_num_seqs))
-        entry = None if cfg.force_profile else rt.cache.load(rt.key)
+        rt.drafter = engine_drafter(executor.vllm_config, cfg)
+        entry = None if cfg.force_profile else rt.cache.load(rt.key, rt.drafter)
         if entry is not None and _covers(entry.meta, batches, qs, cfg.profile_context_len):
             rt.latency, rt.calibration = entry.latency, entry.calibration
             rt.profile_info = {k: entry.meta[k] for k in ("grid", "profile", UNIFORM_KEY) if k in entry.meta}
@@ -290,7 +291,7 @@ def run(executor) -> None:
                         ragged)
         if rt.calibration is None and entry is not None:
             rt.calibration = entry.calibration
-        saved = rt.cache.save(rt.key, rt.latency, rt.calibration, extra_meta=rt.profile_info)
+        saved = rt.cache.save(rt.key, rt.latency, rt.calibration, extra_meta=rt.profile_info, drafter=rt.drafter)
         desc = rt.latency.describe()
         logger.info("TileSpec: profiled %d points in %.1f s (boundaries %s, MAPE %.2f%%); cache %s",
                     desc["n_points"], res["seconds"], desc["boundaries"], desc["mape"],

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from specdec_engine.cache import CacheKey, ProfileCache
+from specdec_engine.cache import CacheKey, ProfileCache, drafter_identity
 from specdec_engine.policy import Calibration
 
 KEY = CacheKey(model="meta-llama/Llama-3.1-8B", gpu="NVIDIA H100 80GB HBM3", tp=1, dtype="bfloat16",
@@ -98,3 +98,31 @@ def test_local_model_paths_do_not_collide(tmp_path):
     a = CacheKey(model=str(tmp_path / "one" / "model"), gpu="cpu")
     b = CacheKey(model=str(tmp_path / "two" / "model"), gpu="cpu")
     assert a.dirname != b.dirname and a.dirname.startswith("model-")
+
+
+def test_calibration_of_another_drafter_is_not_loaded_but_the_profile_is(tmp_path, h100_model, caplog):
+    cache = ProfileCache(tmp_path)
+    head_a = drafter_identity("eagle3", str(tmp_path / "head-a"))
+    head_b = drafter_identity("eagle3", str(tmp_path / "head-b"))
+    assert head_a != head_b and head_a.startswith("eagle3:head-a-") and drafter_identity("ngram") == "ngram"
+    d = cache.save(KEY, h100_model, _cal(), extra_meta={"history_priors": {"0": [1.0, 2.0]}}, plots=False,
+                   drafter=head_a)
+    assert json.loads((d / "meta.json").read_text())["calibration_drafter"] == head_a
+    assert cache.load(KEY, head_a).calibration.n_pairs == 500  # the same head: all of it
+    with caplog.at_level(logging.INFO, logger="specdec_engine.cache"):
+        entry = cache.load(KEY, head_b)
+    assert entry is not None and entry.latency is not None  # the profile is the target's: reused
+    assert entry.calibration is None and "history_priors" not in entry.meta and "calibration" not in entry.meta
+    assert f"learned over drafter {head_a!r}, this engine drafts with {head_b!r}" in caplog.text
+    assert (d / "calibration.npz").is_file()  # nothing moved aside: head A's engine still finds it
+    # head B's engine saves its own: the record says whose it is now, head A's priors do not stay with it
+    cache.save(KEY, calibration=Calibration(), plots=False, drafter=head_b)
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["calibration_drafter"] == head_b and "history_priors" not in meta
+    assert cache.load(KEY, head_a).calibration is None
+
+
+def test_calibration_saved_before_drafters_were_recorded_is_still_loaded(tmp_path, h100_model):
+    cache = ProfileCache(tmp_path)
+    cache.save(KEY, h100_model, _cal(), plots=False)
+    assert cache.load(KEY, drafter_identity("eagle", "/models/head")).calibration.n_pairs == 500

@@ -169,6 +169,20 @@ def test_eagle3_draft_resolves_to_tilespec_eagle3(plugins_loaded, models):
     assert view.speculative_algorithm == "TILESPEC_EAGLE3" and view.speculative_num_steps == 7  # default candidates
 
 
+def test_calibration_is_kept_per_draft_model(plugins_loaded, models, tmp_path):
+    """Two heads for one target share the target's profile folder but not a calibration (cache.py)."""
+    from specdec_engine.sglang.config import TileSpecSGLangConfig
+    from specdec_engine.sglang.runtime import SGLangRuntime
+
+    target, draft, draft3 = models
+    drafters = []
+    for head in (draft, draft3):
+        sa, _ = _resolve(["--model-path", str(target), "--speculative-algorithm", "tilespec",
+                          "--speculative-draft-model-path", str(head), "--device", "cpu"])
+        drafters.append(SGLangRuntime(TileSpecSGLangConfig(cache_dir=str(tmp_path)), sa).drafter)
+    assert drafters[0].startswith("eagle:draft-") and drafters[1].startswith("eagle3:draft3-"), drafters
+
+
 def test_scheduler_process_resolves_the_algorithm_by_itself(plugins_loaded, models, tmp_path):
     """The scheduler is a spawned process: it gets pickled server args and loads the plugin itself."""
     cfg = _config_file(tmp_path, {"base": "eagle3", "candidate_steps": [0, 2, 4]})

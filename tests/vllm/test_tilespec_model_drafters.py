@@ -3,11 +3,13 @@ EAGLE-1 heads and `base: draft_model` with the tiny draft, in the real engine (o
 
 What a user relies on: greedy output equals no speculation token for token; the drafter's per-token
 probabilities and timings reach the scheduler (draft_confidence.py) and the calibration learned from real accept outcomes
-is better calibrated than the raw cumulative confidence.
+is better calibrated than the raw cumulative confidence. The three runs share one cache folder: the profile is
+the target's and is reused, the calibration is each drafter's own (meta.json ``calibration_drafter``).
 """
 
 import json
 
+from specdec_engine.cache import drafter_identity
 from vllm_engine_helpers import code_edit_prompts, run_llm_script
 
 BODY = '''
@@ -24,6 +26,7 @@ if spec is not None:
     out["calibration"] = sch._policy.calibration.summary()
     d = sch._policy.drafter
     out["drafter"] = {"observations": d.observations, "costs": d.cost_by_depth(4, 3).tolist()}
+    llm.llm_engine.engine_core.shutdown()  # the scheduler saves its calibration (what an operator's restart does)
 print("RESULT " + json.dumps(out))
 '''
 
@@ -40,9 +43,17 @@ def test_tilespec_over_eagle3_eagle_and_draft_model_is_lossless_and_calibrates_d
     target, draft = tiny_models
     prompts = json.dumps(_prompts())
     want, _ = run_llm_script(tmp_path, BODY, str(target), "-", "none", str(tmp_path / "c"), prompts)
+    previous = None
     for base, model in (("eagle3", tiny_eagle3), ("eagle", tiny_eagle), ("draft_model", draft)):
         got, log = run_llm_script(tmp_path, BODY, str(target), str(model), base, str(tmp_path / "c"), prompts)
         assert f"TileSpec: scheduler active: base={base}" in log, log[-3000:]
+        mine = drafter_identity(base, str(model))
+        if previous is not None:  # the profile is reused, the last drafter's calibration is not
+            assert "already profiled, skipping warmup profiling" in log, log[-3000:]
+            assert f"learned over drafter {previous!r}, this engine drafts with {mine!r}" in log, log[-3000:]
+        (meta,) = [json.loads(p.read_text()) for p in (tmp_path / "c").glob("*/meta.json")]
+        assert meta["calibration_drafter"] == mine, meta.get("calibration_drafter")
+        previous = mine
         bad = [i for i, (w, g) in enumerate(zip(want["ids"], got["ids"])) if w != g]
         assert not bad, f"{base}: greedy prompts {bad} differ from no speculation"
         assert got["conf_rows"] > 20, got  # the drafter's probabilities reached the scheduler
