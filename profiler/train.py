@@ -2,7 +2,7 @@
 
 Backends:
 
-- ``local``: the built-in EAGLE-3 trainer (``specdec_profiler.eagle3``),
+- ``local``: the built-in EAGLE-3 trainer (``specdec_profiler.eagle3``; EAGLE-1 with ``--method eagle``),
   good for tiny and small Llama targets on a CPU: capture probe, training-time
   test unroll, acc_i / simulated acceptance length, checkpoints (a rerun into
   the same ``--out`` resumes), the non-degenerate-training gate, export in the
@@ -20,14 +20,17 @@ from .errors import UsageError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a draft head on a corpus (local EAGLE-3 trainer)",
+    p = sub.add_parser("train", help="train a draft head on a corpus (local EAGLE-3 / EAGLE-1 trainer)",
                        description="Train a draft head for TARGET on a SpecForge corpus JSONL "
                                    "({\"id\", \"conversations\": [{\"role\",\"content\"}]}). The local backend "
                                    "probes the hidden-state capture, trains, gates on non-degenerate training "
-                                   "and exports a vLLM-loadable EAGLE-3 head to --out.")
+                                   "and exports a vLLM-loadable EAGLE-3 (or, with --method eagle, EAGLE-1) head "
+                                   "to --out.")
     p.add_argument("--backend", choices=["local", "specforge"], default="local",
                    help="who trains: local, or specforge (renders SpecForge runs; default: local)")
-    p.add_argument("--method", choices=["eagle3"], default="eagle3", help="draft method (default: eagle3)")
+    p.add_argument("--method", choices=["eagle3", "eagle"], default="eagle3",
+                   help="draft method: eagle3, or eagle (an EAGLE-1 head over the target's output hidden state and "
+                        "whole vocabulary; local backend only) (default: eagle3)")
     p.add_argument("--corpus", required=True, help="SpecForge-format corpus JSONL")
     p.add_argument("--target", required=True, help="target model folder (a Llama checkpoint)")
     p.add_argument("--out", required=True, help="output folder: the exported head, training_log.json, checkpoints/")
@@ -64,6 +67,9 @@ def _check(args) -> None:
 
 
 def run(args) -> int:
+    if args.method != "eagle3" and args.backend != "local":
+        raise UsageError(f"--method {args.method}: the {args.backend} backend renders EAGLE-3 runs only; "
+                         f"train {args.method} heads with --backend local")
     if args.backend == "specforge":
         from .specforge import command as specforge_command
 

@@ -337,6 +337,31 @@ def test_cli_trains_exports_and_resumes_on_the_tiny_target(tiny_models, tmp_path
     assert "holds checkpoints of a different run" in capsys.readouterr().err
 
 
+def test_cli_trains_an_eagle1_head_on_the_tiny_target(tiny_models, tmp_path, capsys):
+    corpus = tmp_path / "corpus.jsonl"
+    s = "def add(a, b):\n    return a + b\n"
+    corpus.write_text("".join(json.dumps({"id": f"c{i}", "conversations": [
+        {"role": "user", "content": f"Rewrite this code:\n{s}"}, {"role": "assistant", "content": s}]}) + "\n"
+        for i in range(24)))
+    out = tmp_path / "head"
+    argv = ["train", "--backend", "local", "--method", "eagle", "--corpus", str(corpus), "--target",
+            str(tiny_models[0]), "--out", str(out), "--seq-len", "32", "--batch", "4", "--checkpoint-every", "2",
+            "--eval-rows", "4", "--no-gate", "--steps", "2"]
+    assert cli.main(argv) == 0
+    assert "capture probe passed" in capsys.readouterr().err
+    cfg = json.loads((out / "config.json").read_text())
+    target_cfg = json.loads((tiny_models[0] / "config.json").read_text())
+    assert cfg["architectures"] == ["EagleLlamaForCausalLM"] and cfg["vocab_size"] == target_cfg["vocab_size"]
+    assert json.loads((out / "specdec_eagle3.json").read_text())["role"] == "eagle"
+    # checkpoints of an EAGLE-1 run are not resumed as an EAGLE-3 one, nor the other way round
+    assert cli.main([a if a != "eagle" else "eagle3" for a in argv]) == 2
+    assert "holds checkpoints of a different run" in capsys.readouterr().err
+    # SpecForge renders EAGLE-3 runs only: said before anything is rendered
+    assert cli.main(["train", "--backend", "specforge", "--method", "eagle", "--corpus", str(corpus), "--target",
+                     str(tiny_models[0]), "--out", str(tmp_path / "sf")]) == 2
+    assert "renders EAGLE-3 runs only; train eagle heads with --backend local" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- EAGLE-1 (base "eagle")
 def test_eagle1_feature_is_the_target_output_hidden_state(small_target):
     x = _rows(4)
