@@ -82,6 +82,7 @@ class PolicyStats:
 
 PRIOR_REL_SD = 1.0  # StepTimeFit.solve_depth: the drafter's own per-step timing is taken as right within +-100%
 MIN_PRIOR_SD_MS = 0.05  # ... and within at least this many ms (a prior of ~0 would otherwise be a certainty)
+DEPTH_SLOPE_DECAY = 0.001  # StepTimeFit.solve_depth: the per-draft and per-draft-step costs' memory (~1000 steps)
 
 
 class StepTimeFit:
@@ -101,17 +102,22 @@ class StepTimeFit:
 
     For a model drafter a second regressor, the further draft steps the
     drafter ran in the step (``depth_steps``), is fitted by :meth:`solve_depth`
-    (see there); :meth:`solve` ignores it.
+    (see there); :meth:`solve` ignores it. Its two slopes come from sums kept
+    with a slower decay (``slope_decay``), its overhead from the fast ones.
     """
 
-    def __init__(self, decay: float = 0.01, min_steps: int = 16, max_per_draft_ms: float = 1e3):
+    def __init__(self, decay: float = 0.01, min_steps: int = 16, max_per_draft_ms: float = 1e3,
+                 slope_decay: float | None = None):
         self.decay = decay
+        self.slope_decay = decay if slope_decay is None else float(slope_decay)
         self.min_steps = min_steps
         self.max_per_draft_ms = max_per_draft_ms
         self.n = 0
         self._w = self._x = self._y = self._xx = self._xy = 0.0
         self._z = self._zz = self._xz = self._zy = 0.0  # depth_steps sums (model drafters)
         self._yy = 0.0  # residual spread: how much the priors of solve_depth count
+        # solve_depth's slopes: the same sums (w, x, y, z, xx, zz, xz, xy, zy, yy) with slope_decay
+        self._slow = [0.0] * 10
 
     def add(self, drafts: float, residual_ms: float, depth_steps: float = 0.0) -> None:
         keep = 1.0 - self.decay
@@ -126,6 +132,10 @@ class StepTimeFit:
             self._zz = self._zz * keep + depth_steps * depth_steps
             self._xz = self._xz * keep + drafts * depth_steps
             self._zy = self._zy * keep + depth_steps * residual_ms
+        if depth_steps or self._slow[3]:
+            k, x, y, z = 1.0 - self.slope_decay, drafts, residual_ms, depth_steps
+            self._slow = [v * k + a for v, a in zip(self._slow, (1.0, x, y, z, x * x, z * z, x * z, x * y, z * y,
+                                                                  y * y))]
         self.n += 1
 
     def solve(self) -> tuple[float, float]:
@@ -163,15 +173,25 @@ class StepTimeFit:
             return 0.0, 0.0, prior
         w = self._w
         mx, my, mz = self._x / w, self._y / w, self._z / w
-        if self.n < self.min_steps:
+        if self.n < self.min_steps or not self._slow[0]:
             return max(0.0, my - prior * mz), 0.0, prior
-        # centred weighted sums (the overhead is free, so it drops out of the two slopes)
-        sxx = self._xx - w * mx * mx
-        szz = self._zz - w * mz * mz
-        sxz = self._xz - w * mx * mz
-        sxy = self._xy - w * mx * my
-        szy = self._zy - w * mz * my
-        syy = self._yy - w * my * my
+        # The slopes from the slowly decaying sums, centred on their own means (the overhead is free, so it
+        # drops out): what a draft or a draft step costs is the hardware's and the model's, and the depth
+        # varies little from step to step (probes, one in 32 each way), so a 100-step memory held ~6 probes.
+        # With the host's step-time noise (a few ms on 2 shared cores) the per-depth cost then came out
+        # anywhere between ~0.5x and 1.5x of the truth from run to run (simulated, 3,000 steps: sd 0.40 ms of
+        # a 1 ms truth at 3 ms noise, 0.20 with the slow sums; 0.22 and 0.07 at 1 ms), and the chosen depth
+        # with it (mean K 2.85 in one `vllm serve` run at 4 requests, 3.75 in another, where static K=3 was
+        # best). The overhead drifts with the host's load and keeps the fast memory (below).
+        sw, sx, sy, sz, s_xx, s_zz, s_xz, s_xy, s_zy, s_yy = self._slow
+        smx, smy, smz = sx / sw, sy / sw, sz / sw
+        sxx = s_xx - sw * smx * smx
+        szz = s_zz - sw * smz * smz
+        sxz = s_xz - sw * smx * smz
+        sxy = s_xy - sw * smx * smy
+        szy = s_zy - sw * smz * smy
+        syy = s_yy - sw * smy * smy
+        w = sw
         sd = max(PRIOR_REL_SD * prior, MIN_PRIOR_SD_MS)  # ms
 
         def fit(noise: float) -> tuple[float, float]:
@@ -211,10 +231,11 @@ class BucketedStepTimeFit:
     pooled fit.
     """
 
-    def __init__(self, decay: float = 0.01, min_steps: int = 16):
+    def __init__(self, decay: float = 0.01, min_steps: int = 16, slope_decay: float | None = None):
         self.decay = decay
+        self.slope_decay = slope_decay
         self.min_steps = min_steps
-        self.pooled = StepTimeFit(decay=decay, min_steps=min_steps)
+        self.pooled = StepTimeFit(decay=decay, min_steps=min_steps, slope_decay=slope_decay)
         self._by_bucket: dict[int, StepTimeFit] = {}
 
     @property
@@ -226,7 +247,8 @@ class BucketedStepTimeFit:
         b = batch_bucket(batch)
         fit = self._by_bucket.get(b)
         if fit is None:
-            fit = self._by_bucket[b] = StepTimeFit(decay=self.decay, min_steps=self.min_steps)
+            fit = self._by_bucket[b] = StepTimeFit(decay=self.decay, min_steps=self.min_steps,
+                                                   slope_decay=self.slope_decay)
         fit.add(drafts, residual_ms, depth_steps)
 
     def _fit_for(self, batch: int) -> StepTimeFit:
@@ -280,7 +302,7 @@ class TileSpecPolicy:
         self.fallback = FallbackController(fallback or FallbackConfig())
         self.rates = RateTracker()
         self.learn_overhead = learn_overhead
-        self.step_time_fit = BucketedStepTimeFit(decay=overhead_decay)
+        self.step_time_fit = BucketedStepTimeFit(decay=overhead_decay, slope_decay=DEPTH_SLOPE_DECAY)
         self.stats = PolicyStats(self.k_max)
         self._last_plan: StepPlan | None = None        # the most recent plan (learn/observe_step_time default)
         self._costs_key: tuple | None = None           # (batch, fit steps, drafter timings) the costs are for

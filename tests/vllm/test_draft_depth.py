@@ -96,12 +96,16 @@ def test_what_a_draft_step_costs_comes_from_measured_steps_not_the_drafters_own_
 def test_depth_probes_teach_the_fit_where_every_plan_takes_the_same_depth(true_ms, reported_ms):
     """16 alike requests: the depth settles and stays, so by itself it teaches the fit little about what a
     draft step costs; two probes in 32 proposals give the fit the contrast to learn it."""
-    err = {}
-    for probe_every in (0, 32):
-        pol, _ = _serve(true_ms, reported_ms, batch=16, steps=800, probe_every=probe_every)
-        err[probe_every] = abs(pol.step_time_fit.solve_depth(16, pol.drafter_step_prior_ms(16))[2] - true_ms) / true_ms
-    assert err[32] < 0.3
-    assert err[0] > 0.4
+    def err(pol):
+        return abs(pol.step_time_fit.solve_depth(16, pol.drafter_step_prior_ms(16))[2] - true_ms) / true_ms
+
+    assert err(_serve(true_ms, reported_ms, batch=16, steps=800, probe_every=32)[0]) < 0.3
+    if true_ms > reported_ms:
+        # Without probes the depth settles at one draft step, where nothing shows what a further one costs:
+        # once the slow memory of the per-step cost (~1000 steps, policy.DEPTH_SLOPE_DECAY) has forgotten the
+        # first steps, whose depth still varied, the fit has drifted far from the truth.
+        pol, depths = _serve(true_ms, reported_ms, batch=16, steps=5000, probe_every=0)
+        assert set(depths) == {1} and err(pol) > 0.4
 
 
 def test_confidence_continues_with_the_drafters_typical_probability_per_position():
