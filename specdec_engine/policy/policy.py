@@ -132,10 +132,8 @@ class StepTimeFit:
             self._zz = self._zz * keep + depth_steps * depth_steps
             self._xz = self._xz * keep + drafts * depth_steps
             self._zy = self._zy * keep + depth_steps * residual_ms
-        if depth_steps or self._slow[3]:
-            k, x, y, z = 1.0 - self.slope_decay, drafts, residual_ms, depth_steps
-            self._slow = [v * k + a for v, a in zip(self._slow, (1.0, x, y, z, x * x, z * z, x * z, x * y, z * y,
-                                                                  y * y))]
+        k, x, y, z = 1.0 - self.slope_decay, drafts, residual_ms, depth_steps
+        self._slow = [v * k + a for v, a in zip(self._slow, (1.0, x, y, z, x * x, z * z, x * z, x * y, z * y, y * y))]
         self.n += 1
 
     def solve(self) -> tuple[float, float]:
@@ -173,7 +171,7 @@ class StepTimeFit:
             return 0.0, 0.0, prior
         w = self._w
         mx, my, mz = self._x / w, self._y / w, self._z / w
-        if self.n < self.min_steps or not self._slow[0]:
+        if self.n < self.min_steps:
             return max(0.0, my - prior * mz), 0.0, prior
         # The slopes from the slowly decaying sums, centred on their own means (the overhead is free, so it
         # drops out): what a draft or a draft step costs is the hardware's and the model's, and the depth

@@ -174,3 +174,24 @@ def test_an_idle_step_while_off_counts_and_ticks_the_fallback_like_a_planned_one
     assert SpecState.PROBE in [s for s, _ in states[id(idle)]]  # the probe clock ran
     a, b = planned.take_stats().to_dict(), idle.take_stats().to_dict()
     assert a == b and a["steps"] == 12 and a["steps_spec_off"] == 12
+
+
+def test_depth_fit_learns_the_costs_slowly_and_the_overhead_fast():
+    """solve_depth: the per-draft and per-draft-step costs from a long memory, the overhead from a short one. A
+    depth that settles at one draft step still lets the per-draft cost be learned from the drafts' counts."""
+    from specdec_engine.policy.policy import StepTimeFit
+
+    rng = np.random.default_rng(0)
+    fit = StepTimeFit(decay=0.01, slope_decay=0.001)
+    for n in range(3000):
+        depth = 5 + (1 if n % 32 == 0 else -1 if n % 32 == 2 else 0)
+        drift = 2.0 if n >= 2500 else 0.0  # the host gets busier: every step 2 ms slower from here on
+        fit.add(4 * depth, 4.0 + drift + 0.6 * (depth - 1) + 0.1 * 4 * depth + rng.normal(0, 1.0), depth - 1)
+    overhead, per_draft, per_step = fit.solve_depth(0.5)
+    assert per_step + 4 * per_draft == pytest.approx(1.0, abs=0.15)  # what one more draft step costs at 4 requests
+    assert overhead + 20 * per_draft + 4 * per_step == pytest.approx(10.4, abs=0.3)  # a depth-5 step, after the drift
+    flat = StepTimeFit(decay=0.01, slope_decay=0.001)
+    for n in range(2000):
+        drafts = int(rng.integers(0, 5))
+        flat.add(drafts, 3.0 + 0.3 * drafts + rng.normal(0, 0.3), 0.0)
+    assert flat.solve_depth(0.5)[1] == pytest.approx(0.3, abs=0.05)
