@@ -94,21 +94,23 @@ def test_tiles_calibrate_reads_a_running_servers_calibration(server, tmp_path):
 
 
 def test_aa_benchmark_reports_acceptance_while_speculating(server, tmp_path):
-    """`specdec aa` at a tiny scale against tilespec: every metric filled, acceptance from this window."""
+    """`specdec aa` at a tiny scale against tilespec: every metric filled, acceptance from this window. 12 requests:
+    prompt lookup finds few drafts in aa-1k's text, and the scheduler thins its proposals on such traffic, so a
+    6-request window held no draft once (one full `make test` run in several)."""
     import json
     import subprocess
     import sys
 
     out = subprocess.run([sys.executable, "-m", "specdec_profiler.cli", "aa", "--endpoint", server.url, "--model",
-                          "tiny", "--shapes", "aa-1k", "--scale", "0.05", "--requests", "6", "--concurrency", "3",
+                          "tiny", "--shapes", "aa-1k", "--scale", "0.05", "--requests", "12", "--concurrency", "3",
                           "--burn-in", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     s = json.loads((tmp_path / "aa-1k" / "summary.json").read_text())
     m = s["metrics"]
-    assert m["ok"] == 6 and s["errors"]["count"] == 0
+    assert m["ok"] == 12 and s["errors"]["count"] == 0
     for k in ("ttft_ms", "ttfo_ms", "tpot_ms", "e2e_ms", "output_tokens_per_s"):
         assert set(m[k]) == {"mean", "p50", "p90", "p99"}, k
-    assert m["ttfo_coverage"] == 1.0 and m["output_tokens"] >= 6 * 50
+    assert m["ttfo_coverage"] == 1.0 and m["output_tokens"] >= 12 * 50
     sd = s["spec_decode"]
     assert sd["metrics_available"] and sd["drafts"] > 0
     assert sd["acceptance_length"] == pytest.approx(1 + sd["accepted_tokens"] / sd["drafts"])
