@@ -123,6 +123,11 @@ def calibration_mismatch(meta: dict, drafter: str | None) -> str | None:
     return f"the cached calibration was learned over drafter {stored!r}, this engine drafts with {drafter!r}"
 
 
+def _without_drafter_state(meta: dict) -> dict:
+    """meta.json without what belongs to the drafter its calibration was learned over."""
+    return {k: v for k, v in meta.items() if k not in DRAFTER_SCOPED_META}
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -248,7 +253,7 @@ class ProfileCache:
         if other:
             logger.info("TileSpec: %s: starting a new calibration (%s)", other, d)
             calibration = None
-            meta = {k: v for k, v in meta.items() if k not in DRAFTER_SCOPED_META}
+            meta = _without_drafter_state(meta)
         return CacheEntry(d, meta, latency, calibration)
 
     @staticmethod
@@ -307,7 +312,7 @@ class ProfileCache:
                     atomic_write_bytes(d / CALIBRATION_FILE, _npz_bytes(calibration))
                     files[CALIBRATION_FILE] = sha256_file(d / CALIBRATION_FILE)
                     if drafter is not None and calibration_mismatch(meta, drafter):  # the other drafter's too
-                        meta = {k: v for k, v in meta.items() if k not in DRAFTER_SCOPED_META}
+                        meta = _without_drafter_state(meta)
                     meta["calibration"] = calibration.summary()
                     if drafter is not None:
                         meta[DRAFTER_META] = drafter

@@ -113,10 +113,9 @@ class StepTimeFit:
         self.min_steps = min_steps
         self.max_per_draft_ms = max_per_draft_ms
         self.n = 0
-        self._w = self._x = self._y = self._xx = self._xy = 0.0
-        self._z = self._zz = self._xz = self._zy = 0.0  # depth_steps sums (model drafters)
-        self._yy = 0.0  # residual spread: how much the priors of solve_depth count
-        # solve_depth's slopes: the same sums (w, x, y, z, xx, zz, xz, xy, zy, yy) with slope_decay
+        self._w = self._x = self._y = self._xx = self._xy = 0.0  # solve(), and the means of solve_depth's overhead
+        self._z = 0.0  # depth_steps sum (model drafters): solve_depth's overhead
+        # solve_depth's slopes and noise: sums of (1, x, y, z, xx, zz, xz, xy, zy, yy) with slope_decay
         self._slow = [0.0] * 10
 
     def add(self, drafts: float, residual_ms: float, depth_steps: float = 0.0) -> None:
@@ -126,12 +125,7 @@ class StepTimeFit:
         self._y = self._y * keep + residual_ms
         self._xx = self._xx * keep + drafts * drafts
         self._xy = self._xy * keep + drafts * residual_ms
-        self._yy = self._yy * keep + residual_ms * residual_ms
-        if depth_steps or self._z:
-            self._z = self._z * keep + depth_steps
-            self._zz = self._zz * keep + depth_steps * depth_steps
-            self._xz = self._xz * keep + drafts * depth_steps
-            self._zy = self._zy * keep + depth_steps * residual_ms
+        self._z = self._z * keep + depth_steps
         k, x, y, z = 1.0 - self.slope_decay, drafts, residual_ms, depth_steps
         self._slow = [v * k + a for v, a in zip(self._slow, (1.0, x, y, z, x * x, z * z, x * z, x * y, z * y, y * y))]
         self.n += 1

@@ -9,6 +9,7 @@ graphs otherwise, and their collectives would hang). Only TP rank 0 publishes me
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -42,10 +43,11 @@ class SGLangRuntime:
         self.tp_rank, self.tp_size = compat.tp_rank_and_size()
         self._autosave = CalibrationAutosave(cfg.calibration_save_interval_s)
 
-    @property
+    @functools.cached_property
     def drafter(self) -> str | None:
         """The drafter the calibration belongs to (:func:`~specdec_engine.cache.drafter_identity`): the base
-        (eagle3 / eagle, as the plugin resolves ``TILESPEC``, before or after it has) and the draft model path."""
+        (eagle3 / eagle, as the plugin resolves ``TILESPEC``, before or after it has) and the draft model path.
+        Worked out once: the server arguments do not change while serving, and every autosave asks."""
         from .algorithm import base_of
 
         sa = self.server_args
