@@ -83,6 +83,13 @@ class PolicyStats:
 PRIOR_REL_SD = 1.0  # StepTimeFit.solve_depth: the drafter's own per-step timing is taken as right within +-100%
 MIN_PRIOR_SD_MS = 0.05  # ... and within at least this many ms (a prior of ~0 would otherwise be a certainty)
 DEPTH_SLOPE_DECAY = 0.001  # StepTimeFit.solve_depth: the per-draft and per-draft-step costs' memory (~1000 steps)
+# StepTimeFit.solve_depth: a further draft step costs at least this share of the drafter's own timing of it. The
+# step runs the drafter's forward on the engine's critical path (synchronous scheduling), so the whole step cannot
+# grow by much less than the drafter measures; the fit alone went to 0.00 ms in `vllm serve` (tiny target +
+# EAGLE-3 head, 4 requests, 2 shared cores) where the drafter timed 0.67-0.81 ms, and the plans then drafted to
+# K_max (mean K 4.8 where static K=3 was best). Not 1: whole steps were seen growing by ~0.45 ms per draft step of
+# a drafter that timed 0.66-1.0 ms (in-process, 1 request).
+DEPTH_COST_FLOOR = 0.4
 
 
 class StepTimeFit:
@@ -157,8 +164,9 @@ class StepTimeFit:
         step where static K=3 made 2.25). Where the data cannot tell the two regressors apart (one request:
         the depth follows the drafts) their sum is still what the data say; where the depth never varies the
         prior is the answer (hence the depth probes of :class:`~specdec_engine.policy.depth.ProposalDepth`).
-        Both costs are kept >= 0 (a negative one is refitted at 0), the overhead too. Until ``min_steps``
-        steps: the mean residual as overhead, the prior as the per-step cost.
+        The per-draft cost is kept >= 0 (a negative one is refitted at 0), the overhead too, and the per-step
+        cost >= ``DEPTH_COST_FLOOR`` x the prior (a lower one is refitted at that floor; see there). Until
+        ``min_steps`` steps: the mean residual as overhead, the prior as the per-step cost.
         """
         prior = max(0.0, float(per_step_prior_ms))
         if self.n == 0:
@@ -185,6 +193,7 @@ class StepTimeFit:
         syy = s_yy - sw * smy * smy
         w = sw
         sd = max(PRIOR_REL_SD * prior, MIN_PRIOR_SD_MS)  # ms
+        floor = DEPTH_COST_FLOOR * prior
 
         def fit(noise: float) -> tuple[float, float]:
             lam = max(noise, 1e-6) / (sd * sd)  # the priors' weight, in steps of unit contrast
@@ -192,10 +201,11 @@ class StepTimeFit:
             b1, b2 = sxy, szy + lam * prior
             det = a11 * a22 - a12 * a12  # > 0: the priors add to the diagonal of a positive semi-definite matrix
             p, a = (a22 * b1 - a12 * b2) / det, (a11 * b2 - a12 * b1) / det
+            if a < floor:  # refit the per-draft cost with the per-step one at its floor
+                a = floor
+                p = (b1 - a12 * a) / a11
             if p < 0:  # refit with the negative one at 0
-                return 0.0, max(0.0, b2 / a22)
-            if a < 0:
-                return max(0.0, b1 / a11), 0.0
+                return 0.0, max(floor, b2 / a22)
             return p, a
 
         # the noise is what the fit leaves unexplained: the residuals' whole spread first (it includes what

