@@ -16,11 +16,13 @@ torch = pytest.importorskip("torch")
 
 
 def _cpu_kernels_registered():
-    import vllm._C  # noqa: F401  (the C++ ops the CPU overrides call)
     from vllm.platforms import current_platform
 
     if not current_platform.is_cpu():
         pytest.skip("the fix concerns vLLM's CPU platform")
+    # The C++ ops the CPU overrides call, from the build this host runs (AVX2, AVX-512 or AVX-512 BF16), as
+    # vLLM loads them: `import vllm._C` is the AVX-512 BF16 build and dies with SIGILL on an AVX2-only host.
+    current_platform.import_kernels()
     current_platform.register_triton_kernel_overrides()  # what every CPU worker does at start
     from specdec_engine.vllm import plugin
 
