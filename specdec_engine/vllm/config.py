@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..policy.fallback import FallbackConfig
+from ..policy.policy import DEPTH_COST_FLOOR
 from ..validation import format_validation_error
 
 METHOD = "tilespec"
@@ -75,6 +76,9 @@ class TileSpecConfig(BaseModel):
     depth_probe_every: int = Field(32, ge=0, description=(
         "model drafters: every this many proposals one is a step deeper and one a step shallower than the "
         "plans ask, so that what a draft step costs is learned from measured steps (0: no probes)"))
+    depth_cost_floor: float = Field(DEPTH_COST_FLOOR, ge=0, le=2, description=(
+        "model drafters: a further draft step is priced at least this share of the drafter's own timing of "
+        "it, whatever the step-time fit says (StepTimeFit.solve_depth)"))
     enabled: bool = Field(True, description="false: verify every draft (vLLM's behaviour), keep metrics")
     k0_fast_path: bool = Field(True, description=(
         "lean path (fast_path.py): each step's drafts return with its output instead of by a second RPC; with "

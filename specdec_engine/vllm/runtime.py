@@ -72,7 +72,8 @@ class EngineRuntime:
             self.calibration = Calibration(n_bins=self.cfg.calibration_bins, n_positions=n_maps)
         policy = TileSpecPolicy(self.latency, self.k_max, calibration=self.calibration,
                                 fallback=self.cfg.fallback.to_core(), learn_overhead=self.cfg.learn_overhead,
-                                n_groups=len(REQUEST_GROUPS), min_gain=self.cfg.min_step_gain)
+                                n_groups=len(REQUEST_GROUPS), min_gain=self.cfg.min_step_gain,
+                                depth_cost_floor=self.cfg.depth_cost_floor)
         uniform = self.profile_info.get(UNIFORM_KEY)
         if uniform and uniform.get("k_max") == self.k_max:
             policy.selector.set_uniform_steps(uniform["batch_sizes"], uniform["ms"])

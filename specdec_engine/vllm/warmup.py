@@ -33,11 +33,11 @@ from __future__ import annotations
 import logging
 import math
 import os
-import platform
 import random
 import time
 
 from ..cache import CacheKey
+from ..host import cpu_name
 from ..policy import LatencyModel
 from .runtime import UNIFORM_KEY, engine_drafter, runtime_for
 
@@ -45,17 +45,6 @@ logger = logging.getLogger("specdec_engine.vllm")
 
 
 # ------------------------------------------------------------------------------------------- worker side
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def device_info(worker) -> dict:
     """Runs on each worker: the device's name (with the CPU model and thread count on CPU)."""
     import torch
@@ -65,7 +54,7 @@ def device_info(worker) -> dict:
     if dev.type == "cuda":
         name = torch.cuda.get_device_name(dev)
     else:
-        name = f"cpu-{_cpu_name()}-{torch.get_num_threads()}t"
+        name = f"cpu-{cpu_name()}-{torch.get_num_threads()}t"
     return {"device": name, "device_type": dev.type}
 
 

@@ -195,6 +195,13 @@ def test_depth_fit_keeps_a_draft_step_at_least_part_of_what_the_drafter_times():
     overhead, per_draft, per_step = fit.solve_depth(0.7)
     assert per_step == pytest.approx(DEPTH_COST_FLOOR * 0.7)
     assert per_draft >= 0 and overhead >= 0
+    # the operator's `depth_cost_floor` (here 1: never below the drafter's own timing) reaches every bucket's fit
+    from specdec_engine.policy.policy import BucketedStepTimeFit
+
+    strict = BucketedStepTimeFit(decay=0.01, slope_decay=0.001, depth_cost_floor=1.0)
+    for n in range(400):
+        strict.add(16 if n % 2 else 4, 10.0, 3.0 + rng.normal(0, 1.0), 2.0 + (n % 3 == 0))
+    assert strict.solve_depth(16, 0.7)[2] >= 0.7 and strict.solve_depth(4, 0.7)[2] >= 0.7
 
 
 def test_depth_fit_learns_the_costs_slowly_and_the_overhead_fast():

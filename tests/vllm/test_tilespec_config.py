@@ -22,6 +22,8 @@ def test_split_passes_vllm_keys_through_and_validates_ours():
     ({"num_speculative_tokens": 4, "fallback": {"accept_floor": 3}}, "'fallback.accept_floor'"),
     ({"num_speculative_tokens": 4, "fallback": {"nope": 3}}, "'fallback.nope'"),
     ({"num_speculative_tokens": 4, "base": "medusa"}, "'base'"),
+    ({"num_speculative_tokens": 4, "depth_cost_floor": -0.1}, "'depth_cost_floor'"),
+    ({"num_speculative_tokens": 4, "depth_cost_floor": "high"}, "'depth_cost_floor'"),
     ({"num_speculative_tokens": 4, "base": "mtp"}, "not supported by this version"),
     ({}, "'num_speculative_tokens' is required"),
     ({"num_speculative_tokens": 0}, "positive integer"),

@@ -71,3 +71,19 @@ def test_uniform_table_takes_the_median_and_reaches_the_selector(tmp_path):
     assert rt.make_policy().selector.uniform_forward_ms(4) == 2.2
     rt.profile_info[UNIFORM_KEY] = dict(table, k_max=K_MAX + 1)  # profiled for another K_max: not used
     assert rt.make_policy().selector.uniform_forward_ms(4) is None
+
+
+def test_the_depth_cost_floor_key_reaches_the_policy(tmp_path):
+    """`depth_cost_floor` in --speculative-config sets the floor of every step-time fit of the engine's policy."""
+    from specdec_engine.cache import ProfileCache
+    from specdec_engine.policy import LatencyModel
+    from specdec_engine.policy.policy import DEPTH_COST_FLOOR
+    from specdec_engine.vllm.config import TileSpecConfig
+    from specdec_engine.vllm.runtime import EngineRuntime
+
+    pts = [(b, n, 1.0 + 0.1 * n) for b in (1, 4) for n in range(b, b * (K_MAX + 1) + 1)]
+    for cfg, floor in ((TileSpecConfig(), DEPTH_COST_FLOOR), (TileSpecConfig(depth_cost_floor=1.0), 1.0)):
+        rt = EngineRuntime(cfg=cfg, k_max=K_MAX, cache=ProfileCache(tmp_path), latency=LatencyModel.from_samples(pts))
+        fits = rt.make_policy().step_time_fit
+        fits.add(16, 4.0, 3.0, 2.0)
+        assert fits.pooled.depth_cost_floor == floor and fits._fit_for(16).depth_cost_floor == floor
