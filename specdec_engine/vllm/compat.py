@@ -97,6 +97,9 @@ TOUCHES: tuple[Touch, ...] = (
           "CALL", "the drafts that vLLM would otherwise fetch with a separate RPC"),
     Touch("engine_core.post_step", "vllm.v1.engine.core:EngineCore.post_step", "WRAP",
           "skip the draft-fetching RPC when the drafts already came with the step's output", ("model_executed",)),
+    Touch("engine_core_proc._process_engine_step", "vllm.v1.engine.core:EngineCoreProc._process_engine_step",
+          "WRAP", "hold a step's outputs until the next step is dispatched, so the output thread sends them while "
+          "the worker computes instead of taking the GIL from the next step's scheduling (output_handoff)"),
     Touch("stat_logger", "vllm.v1.metrics.loggers:StatLoggerBase", "SUBCLASS",
           "publish specdec_* metrics on the API server's /metrics"),
     Touch("proposer._greedy_sample", "vllm.v1.spec_decode.llm_base_proposer:SpecDecodeBaseProposer._greedy_sample",

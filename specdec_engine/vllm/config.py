@@ -83,6 +83,9 @@ class TileSpecConfig(BaseModel):
     k0_fast_path: bool = Field(True, description=(
         "lean path (fast_path.py): each step's drafts return with its output instead of by a second RPC; with "
         "prompt lookup also steps that verify no draft skip vLLM's speculative sampling path"))
+    hold_outputs: bool = Field(True, description=(
+        "queue a step's outputs for the API server once the next step is on the worker, so that sending them "
+        "overlaps the forward instead of delaying the next step's scheduling (output_handoff.py)"))
     fallback: FallbackOptions = Field(default_factory=FallbackOptions)
 
     @field_validator("profile_batch_sizes")

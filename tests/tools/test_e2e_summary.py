@@ -34,6 +34,37 @@ def test_paired_ratio_is_the_geometric_mean_of_pairs_with_a_t_interval():
     assert pr["low"] < pr["ratio"] < pr["high"] < 0.99  # a consistent 3-5% loss is resolved despite the spread
 
 
+def test_several_server_pairs_keep_their_trials_apart_and_widen_the_interval(tmp_path):
+    """--pairs N: trial i of one server pair is never matched with trial i of another; the servers' own ratios
+    are reported, and with 3 or more the interval over them takes in what a server's start does (here each
+    pair is tight, 0.96 / 1.01 / 1.06, so the interval over trials is narrow and the one over servers is not);
+    each server pair's trials land in their own folder for `specdec decide`."""
+    from specdec_profiler.decide import write_e2e_trials
+
+    E = _e2e()
+    rows = []
+    for sp, r in enumerate((0.96, 1.01, 1.06)):
+        for t, b in enumerate((900.0, 950.0, 1000.0, 920.0)):
+            rows.append({"arm": "eagle3_k3", "pair": "eagle3_k3", "server_pair": sp, "trial": t,
+                         "output_tokens_per_s": b + sp})
+            rows.append({"arm": "tilespec", "pair": "eagle3_k3", "server_pair": sp, "trial": t,
+                         "output_tokens_per_s": (b + sp) * r * (1.002 if t % 2 else 0.998)})
+    pr = E.paired_ratio(rows, "eagle3_k3")
+    assert pr["pairs"] == 12 and pr["server_pairs"] == 3
+    assert pr["server_pair_ratios"] == pytest.approx([0.96, 1.01, 1.06], abs=1e-3)
+    assert pr["ratio"] == pytest.approx((0.96 * 1.01 * 1.06) ** (1 / 3), abs=1e-3)
+    assert pr["servers"]["low"] < pr["low"] < pr["high"] < pr["servers"]["high"]
+    assert "servers" not in E.paired_ratio([r for r in rows if r["server_pair"] < 2], "eagle3_k3")
+    assert E.parse_args(["--pairs", "3"]).pairs == 3 and E.parse_args([]).pairs == 1
+    assert E.main(["--pairs", "0", "--out", str(tmp_path / "x")]) == 2
+    ctx = {"osl": 48, "workloads": {"code_edit": {"temperature": 0.0}}, "arms": {}}
+    for r in rows:
+        r.update(workload="code_edit", concurrency=16, requests=192, tpot_ms_p50=14.0)
+    paths = write_e2e_trials(tmp_path / "trials", rows, ctx)
+    assert len(set(paths)) == len(rows)
+    assert tmp_path / "trials/code_edit_c16/pair-eagle3_k3-3/tilespec/summary-trial0.json" in paths
+
+
 def test_paired_ratio_needs_two_pairs_and_ignores_unpaired_trials():
     E = _e2e()
     rows = _rows([500.0], [450.0]) + [{"arm": "tilespec", "pair": "no_spec", "trial": 0, "output_tokens_per_s": 1.0}]

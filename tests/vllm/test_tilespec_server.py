@@ -69,6 +69,8 @@ def test_code_editing_accepts_drafts_and_counters_match_vllms(server):
     assert metric_sum(m, "specdec_chosen_k_count") >= metric_sum(m, "specdec_drafts_total")
     assert metric_sum(m, "specdec_fallback_state") in (0, 1, 2)
     assert "TileSpec: scheduler active" in server.log_text()
+    # every request above streamed its 48 tokens through the held-output hand-over (output_handoff.py)
+    assert "once the next step is on the worker (hold_outputs" in server.log_text()
 
 
 def test_engine_processes_run_the_drafter_on_one_numba_thread(server):
