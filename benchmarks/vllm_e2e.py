@@ -25,6 +25,10 @@ its cache. Reported: output tokens/s (all output tokens / trial wall time), TPOT
 medians over requests (TPOT from the server's token counts, not stream chunks), acceptance length
 1 + accepted/drafts from vLLM's own counters over the trial's window. JSON + PNG + table.
 
+`--pairs N` starts N fresh server pairs per baseline (a pair's own start moves its ratio by as much as its
+trials do; see `paired_ratio`); `--tilespec-options JSON` adds speculative-config keys to the tilespec arm (e.g.
+`'{"depth_cost_floor": 1.0}'`), recorded with its config.
+
 `--control` runs the same design with the 'tilespec' slot started *without* speculation: every ratio it
 reports should be 1, and what it reports instead is the harness's own bias. Why the servers are paired
 fresh (2026-12-04, open_gen, 69M target, 10-pair A/A runs at 1 request): with one server kept up for the

@@ -166,8 +166,9 @@ class StepTimeFit:
         the depth follows the drafts) their sum is still what the data say; where the depth never varies the
         prior is the answer (hence the depth probes of :class:`~specdec_engine.policy.depth.ProposalDepth`).
         The per-draft cost is kept >= 0 (a negative one is refitted at 0), the overhead too, and the per-step
-        cost >= ``depth_cost_floor`` (default ``DEPTH_COST_FLOOR``) x the prior (a lower one is refitted at that floor; see there). Until
-        ``min_steps`` steps: the mean residual as overhead, the prior as the per-step cost.
+        cost >= ``depth_cost_floor`` (default ``DEPTH_COST_FLOOR``) x the prior (a lower one is refitted at that
+        floor; see there). Until ``min_steps`` steps: the mean residual as overhead, the prior as the per-step
+        cost.
         """
         prior = max(0.0, float(per_step_prior_ms))
         if self.n == 0:
