@@ -22,9 +22,6 @@ meanwhile (utility replies) keeps its order behind the held outputs.
 
 from __future__ import annotations
 
-import logging
-
-logger = logging.getLogger("specdec_engine.vllm")
 PENDING_ATTR = "_specdec_held_outputs"
 
 
