@@ -256,7 +256,7 @@ def run_paired(arms, configs, model, args, workloads, concurrencies, log_dir, ro
     servers: dict[str, list] = {}
     baselines = [a for a in arms if a != "tilespec"] or [None]
     with_tilespec = "tilespec" in arms
-    n_pairs = getattr(args, "pairs", 1)
+    n_pairs = args.pairs
     for i, (rep, base) in enumerate((rep, base) for rep in range(n_pairs) for base in baselines):
         names = ([base] if base is not None else []) + (["tilespec"] if with_tilespec else [])
         if i % 2:

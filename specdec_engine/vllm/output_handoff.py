@@ -42,22 +42,18 @@ def make_process_engine_step_wrapper(original):
         sched.release_outputs = release_pending
         # while the step runs, what is queued (the step's outputs; anything else, in order behind them) is held
         queue.put_nowait = held.append
-        ok = False
+        executed = False
         try:
             executed = original(self, *args, **kwargs)
-            ok = True
         finally:
             del queue.put_nowait  # the class's method again
             sched.release_outputs = None
             release_pending()  # the step dispatched nothing (or failed): the previous step's outputs go now
-            if not ok:
+            if executed and sched.has_requests():
+                self.__dict__[PENDING_ATTR] = held  # released after the next step's dispatch
+            else:  # no step follows (or this one failed): now
                 for item in held:
                     put(item)
-        if executed and sched.has_requests():
-            self.__dict__[PENDING_ATTR] = held  # released after the next step's dispatch
-        else:
-            for item in held:
-                put(item)
         return executed
 
     return _process_engine_step
