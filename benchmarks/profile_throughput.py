@@ -121,9 +121,9 @@ def run_one(path: Path, jobs: int) -> dict:
 
 
 def machine() -> dict:
-    from specdec_engine.host import cpu_hardware
+    from specdec_engine.host import cpu_model
 
-    return {"cpu": cpu_hardware(), "cores": os.cpu_count(), "python": platform.python_version(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform()}
 
 

@@ -126,11 +126,11 @@ def main(argv=None) -> int:
                       "cpu_ms_per_token": {k: round(1000 * v / toks, 4) for k, v in agg.most_common()}}
     import vllm
 
-    from specdec_engine.host import cpu_hardware
+    from specdec_engine.host import cpu_model
 
     context = {"drafter": args.drafter, "model": str(model), "workload": args.workload, "concurrency": c,
                "requests_per_trial": n, "osl": args.osl, "trials": args.trials, "vllm": vllm.__version__,
-               "cpu": cpu_hardware(),
+               "cpu": cpu_model(),
                "cores": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t_start)),
                "wall_s": round(time.time() - t_start, 1)}
     (out / "serve_cpu.json").write_text(json.dumps({"context": context, "summary": summary, "trials": trials},

@@ -42,6 +42,11 @@ def cpu_isa(cpuinfo: str = CPUINFO) -> str:
     return "AVX2" if "avx2" in flags else "no AVX2"
 
 
+def cpu_model(cpuinfo: str = CPUINFO) -> str:
+    """The model name with the vector extension: ``AMD EPYC (AVX2)`` (for contexts that count cores apart)."""
+    return f"{cpu_name(cpuinfo)} ({cpu_isa(cpuinfo)})"
+
+
 def cpu_hardware(cpuinfo: str = CPUINFO) -> str:
     """One line for a benchmark's context: ``AMD EPYC (AVX2), 2 cores (CPU only)``."""
-    return f"{cpu_name(cpuinfo)} ({cpu_isa(cpuinfo)}), {os.cpu_count()} cores (CPU only)"
+    return f"{cpu_model(cpuinfo)}, {os.cpu_count()} cores (CPU only)"

@@ -142,11 +142,12 @@ def test_results_name_the_vector_extension_vllm_cpu_runs_on(tmp_path, flags, isa
     specdec_engine.host); the model name alone stays the CPU part of the profile cache key."""
     import os
 
-    from specdec_engine.host import cpu_hardware, cpu_isa, cpu_name
+    from specdec_engine.host import cpu_hardware, cpu_isa, cpu_model, cpu_name
 
     info = tmp_path / "cpuinfo"
     info.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n")
     assert cpu_isa(str(info)) == isa and cpu_name(str(info)) == "AMD EPYC"
+    assert cpu_model(str(info)) == f"AMD EPYC ({isa})"
     assert cpu_hardware(str(info)) == f"AMD EPYC ({isa}), {os.cpu_count()} cores (CPU only)"
     missing = str(tmp_path / "missing")
     assert cpu_isa(missing) == "?" and cpu_name(missing)  # no /proc/cpuinfo: what `platform` knows
